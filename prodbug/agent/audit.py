@@ -1,0 +1,42 @@
+"""The audit trail: one record per request and per refused handshake."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AuditLog"]
+
+_log = logging.getLogger("prodbug.audit")
+_agent_log = logging.getLogger("prodbug.agent")
+
+
+class AuditLog:
+    """Writes each record to the ``prodbug.audit`` logger and, if set, a JSON-lines file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._file_failed = False
+
+    def record(self, event: str, **fields: Any) -> None:
+        text = " ".join(f"{k}={v}" for k, v in fields.items())
+        _log.info("%s %s", event, text)
+        if self.path is None:
+            return
+        line = {
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "event": event,
+            **fields,
+        }
+        try:
+            # Opened per record so that logrotate's moves are followed without a signal.
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line, default=str) + "\n")
+            self._file_failed = False
+        except OSError as exc:
+            if not self._file_failed:  # say it once, not once per request
+                _agent_log.warning("cannot write audit log %s: %s", self.path, exc)
+            self._file_failed = True

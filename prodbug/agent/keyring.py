@@ -1,0 +1,47 @@
+"""The agent's allow-list of client keys, reloaded when its files change."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from prodbug.errors import ConfigError
+from prodbug.keys import AuthorizedKey, load_authorized_keys
+
+__all__ = ["KeyRing"]
+
+_log = logging.getLogger("prodbug.agent")
+
+
+class KeyRing:
+    """Client keys from ``PRODBUG_AUTHORIZED_KEYS``; adding a key file needs no restart."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._signature = self._sign()
+        self.keys: dict[str, AuthorizedKey] = load_authorized_keys(path)
+
+    def _sign(self) -> tuple[tuple[str, int], ...]:
+        try:
+            entries = [(str(self.path), os.stat(self.path).st_mtime_ns)]
+            if self.path.is_dir():
+                for p in sorted(self.path.iterdir()):
+                    if p.suffix == ".key":
+                        entries.append((p.name, p.stat().st_mtime_ns))
+        except OSError:
+            return ()
+        return tuple(entries)
+
+    def lookup(self, public_key: str) -> AuthorizedKey | None:
+        """The authorized key with this Z85 public key, reloading changed files first."""
+        signature = self._sign()
+        if signature != self._signature:
+            self._signature = signature
+            try:
+                self.keys = load_authorized_keys(self.path)
+                _log.info("reloaded %d authorized key(s) from %s", len(self.keys), self.path)
+            except ConfigError as exc:
+                # A half-edited directory must not lock everyone out: keep the last good set.
+                _log.warning("keeping the previous authorized keys: %s", exc)
+        return self.keys.get(public_key)

@@ -1,0 +1,358 @@
+"""The agent: a daemon thread in the host that serves requests on ZeroMQ ROUTER sockets.
+
+Two sockets, one loop:
+
+* ``ipc://RUNTIME/PID.sock`` always; NULL mechanism, guarded by the 0700 runtime directory.
+* ``tcp://...`` when configured; CURVE only, every handshake checked by the ZAP handler
+  below against the allow-list (no extra authenticator thread).
+
+While idle the thread is blocked in ``zmq_poll`` with no timeout: it wakes the GIL only
+for a request, a handshake, or the stop pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+from zmq.utils import z85
+
+from prodbug import protocol, registry
+from prodbug._version import __version__
+from prodbug.agent.audit import AuditLog
+from prodbug.agent.info import collect_info
+from prodbug.agent.keyring import KeyRing
+from prodbug.agent.stacks import collect_stacks
+from prodbug.config import AgentConfig, parse_listen
+from prodbug.errors import ConfigError, ProdbugError, ProtocolError
+from prodbug.keys import AuthorizedKey, fingerprint, load_secret_certificate
+
+__all__ = ["THREAD_NAME", "Agent"]
+
+THREAD_NAME = "prodbug-agent"
+_ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+_ZAP_DOMAIN = b"prodbug"
+#: Pending messages per peer: with MAXMSGSIZE this bounds what a peer can make us hold.
+_RCVHWM = 16
+_log = logging.getLogger("prodbug.agent")
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Agent:
+    """One process's agent. Use ``prodbug.start_agent()``, which keeps one per process."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        self.ipc_endpoint: str | None = None
+        self.tcp_endpoint: str | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = -1, -1
+        self._keyring: KeyRing | None = None
+        self._server_cert: tuple[bytes, bytes] | None = None
+        self._audit = AuditLog(config.audit_log)
+        self._handlers: dict[str, Handler] = {
+            "ping": lambda args: {"pong": True, "pid": self.pid},
+            "info": lambda args: collect_info(self.facts()),
+            "stacks": lambda args: collect_stacks(args, self.ident),
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the agent thread is serving."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self._start_error is None
+
+    @property
+    def ident(self) -> int | None:
+        """The agent thread's ``threading`` ident (left out of stack dumps)."""
+        return self._thread.ident if self._thread is not None else None
+
+    def facts(self) -> dict[str, Any]:
+        """What the agent says about itself in ``info``."""
+        return {
+            "ipc_endpoint": self.ipc_endpoint,
+            "tcp_endpoint": self.tcp_endpoint,
+            "started_at": self.started_at,
+        }
+
+    def start(self, *, wait: bool = True, timeout: float = 10.0) -> None:
+        """Load keys, then start the thread; with ``wait``, raise its set-up error if any."""
+        self.config.validate()
+        registry.socket_path(self._runtime_dir(), self.pid)  # a too-long path fails here
+        secret_key, authorized = self.config.server_secret_key, self.config.authorized_keys
+        if self.config.listen is not None and secret_key and authorized:
+            cert = load_secret_certificate(secret_key)
+            self._server_cert = (cert.public_key.encode(), (cert.secret_key or "").encode())
+            self._keyring = KeyRing(authorized)
+            if not self._keyring.keys:
+                _log.warning("no authorized keys in %s: nobody can connect over TCP yet",
+                             authorized)
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+        self._thread.start()
+        if not wait:
+            return
+        if not self._ready.wait(timeout):
+            raise ConfigError(f"the agent did not start within {timeout:g}s")
+        if self._start_error is not None:
+            self._thread.join(timeout)
+            raise self._start_error
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving, close the sockets and unregister; safe to call more than once."""
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                _log.warning("agent thread did not stop within %gs", timeout)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's agent without touching its zmq state."""
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._thread = None
+
+    def _runtime_dir(self) -> Path:
+        return self.config.runtime_dir or registry.default_runtime_dir()
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        sockets: list[zmq.Socket[bytes]] = []
+        runtime_dir = self._runtime_dir()
+        try:
+            ctx = zmq.Context(io_threads=1)
+            ctx.setsockopt(zmq.LINGER, 0)
+            self._bind(ctx, sockets, runtime_dir)
+        except BaseException as exc:  # any set-up failure goes back to start(), never up
+            self._start_error = _as_config_error(exc, self.config)
+            self._ready.set()
+            _close(ctx, sockets, self._wake_r, self._wake_w)
+            if self.ipc_endpoint is not None:
+                registry.remove_entry(runtime_dir, self.pid)
+            return
+        self._ready.set()
+        _log.info("agent %s serving on %s", __version__,
+                  ", ".join(e for e in (self.ipc_endpoint, self.tcp_endpoint) if e))
+        try:
+            self._loop(sockets)
+        except BaseException:  # the host must never see the agent's failure
+            _log.exception("agent loop failed; the agent stops, the host goes on")
+        finally:
+            registry.remove_entry(runtime_dir, self.pid)
+            _close(ctx, sockets, self._wake_r, self._wake_w)
+            _log.info("agent stopped")
+
+    def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], sockets: list[zmq.Socket[bytes]],
+              runtime_dir: Path) -> None:
+        registry.ensure_runtime_dir(runtime_dir)
+        path = registry.socket_path(runtime_dir, self.pid)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket of an earlier process that had our pid
+        ipc = ctx.socket(zmq.ROUTER)
+        sockets.append(ipc)
+        self._limit(ipc)
+        ipc.bind(f"ipc://{path}")
+        self.ipc_endpoint = f"ipc://{path}"
+        if self.config.listen is not None and self._server_cert is not None:
+            zap = ctx.socket(zmq.REP)
+            sockets.append(zap)
+            zap.bind(_ZAP_ENDPOINT)
+            tcp = ctx.socket(zmq.ROUTER)
+            sockets.append(tcp)
+            self._limit(tcp)
+            tcp.curve_server = True
+            tcp.curve_publickey, tcp.curve_secretkey = self._server_cert
+            tcp.zap_domain = _ZAP_DOMAIN
+            host, port, _ = parse_listen(self.config.listen)
+            tcp.bind(f"tcp://{host}:{port or '*'}")
+            self.tcp_endpoint = tcp.get_string(zmq.LAST_ENDPOINT)
+        registry.write_entry(runtime_dir, {
+            "pid": self.pid,
+            "argv": sys.argv,
+            "endpoint": self.ipc_endpoint,
+            "tcp_endpoint": self.tcp_endpoint,
+            "started_at": self.started_at,
+            "version": __version__,
+        })
+
+    def _limit(self, sock: zmq.Socket[bytes]) -> None:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
+        sock.setsockopt(zmq.RCVHWM, _RCVHWM)
+        sock.setsockopt(zmq.SNDHWM, _RCVHWM)
+
+    def _loop(self, sockets: list[zmq.Socket[bytes]]) -> None:
+        poller = zmq.Poller()
+        for sock in sockets:
+            poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        ipc = sockets[0]
+        zap = sockets[1] if len(sockets) > 1 else None
+        while True:
+            try:
+                events = dict(poller.poll())  # no timeout: idle means asleep
+            except zmq.ZMQError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            if self._wake_r in events:
+                return
+            for sock in sockets:
+                if sock not in events:
+                    continue
+                try:
+                    if sock is zap:
+                        self._handle_zap(sock)
+                    else:
+                        self._serve(sock, local=sock is ipc)
+                except zmq.ContextTerminated:
+                    raise
+                except Exception:  # one bad message must not end the agent
+                    _log.exception("agent failed to handle a message; serving on")
+
+    # -- ZAP: who may connect over TCP -------------------------------------------------------
+
+    def _handle_zap(self, zap: zmq.Socket[bytes]) -> None:
+        msg = zap.recv_multipart()
+        request_id = msg[1] if len(msg) > 1 else b""
+        code, text, user = b"400", b"malformed ZAP request", b""
+        try:
+            if len(msg) >= 6:
+                address = msg[3].decode("ascii", "replace")
+                mechanism = msg[5]
+                credentials = msg[6:]
+                if mechanism == b"CURVE" and len(credentials) == 1:
+                    public = z85.encode(credentials[0]).decode("ascii")
+                    key = self._keyring.lookup(public) if self._keyring else None
+                    if key is not None:
+                        code, text, user = b"200", b"OK", public.encode()
+                    else:
+                        text = b"key not authorized"
+                        self._audit.record("denied", key=fingerprint(public), address=address,
+                                           reason="key not authorized")
+                else:
+                    text = b"CURVE required"
+                    self._audit.record("denied", key="-", address=address,
+                                       reason=f"mechanism {mechanism!r}")
+        finally:
+            zap.send_multipart([b"1.0", request_id, code, text, user, b""])
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _serve(self, sock: zmq.Socket[bytes], *, local: bool) -> None:
+        try:
+            frames = sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        ident = frames[0].bytes
+        key = self._identify(frames[-1], local)
+        if key is None:
+            return  # cannot happen after ZAP said yes; drop rather than guess
+        started = time.perf_counter()
+        reply, cmd = self._dispatch([f.bytes for f in frames[1:]], key)
+        with contextlib.suppress(zmq.ZMQError):
+            sock.send_multipart([ident, protocol.encode_reply(reply)], flags=zmq.NOBLOCK)
+        self._audit.record(
+            "request",
+            key=key.name,
+            role=key.role,
+            pid=self.pid,
+            cmd=cmd,
+            outcome="ok" if reply.ok else (reply.error.code if reply.error else "error"),
+            duration_ms=f"{(time.perf_counter() - started) * 1000:.2f}",
+        )
+
+    def _identify(self, frame: zmq.Frame, local: bool) -> AuthorizedKey | None:
+        if local:
+            return AuthorizedKey("", f"local:uid{os.getuid()}", "debugger")
+        try:
+            public = frame.get("User-Id")
+        except zmq.ZMQError:
+            return None
+        if self._keyring is None or not isinstance(public, str):
+            return None
+        return self._keyring.keys.get(public)
+
+    def _dispatch(self, body: list[bytes], key: AuthorizedKey) -> tuple[protocol.Reply, str]:
+        if len(body) != 1:
+            return protocol.error_reply(
+                "", "bad_request", f"a request is exactly one frame, got {len(body)}"), "-"
+        try:
+            request = protocol.decode_request(body[0])
+        except ProtocolError as exc:
+            return protocol.error_reply(exc.request_id, exc.code, str(exc)), "-"
+        cmd = request.cmd
+        handler = self._handlers.get(cmd)
+        if handler is None or cmd not in protocol.COMMANDS:
+            return protocol.error_reply(
+                request.id, "unknown_command",
+                f'unknown command "{cmd[:64]}"; this agent knows: '
+                f"{', '.join(sorted(self._handlers))}"), cmd[:64]
+        if not protocol.role_allows(key.role, cmd):
+            needed = protocol.COMMANDS[cmd]
+            return protocol.error_reply(
+                request.id, "forbidden",
+                f'"{cmd}" needs the {needed} role; key "{key.name}" is {key.role}',
+                needed_role=needed), cmd
+        try:
+            result = handler(request.args)
+        except (ValueError, TypeError) as exc:
+            return protocol.error_reply(request.id, "bad_request", f"{cmd}: {exc}"), cmd
+        except Exception as exc:  # the boundary: a handler bug becomes an error reply
+            _log.warning("command %s failed", cmd, exc_info=True)
+            return protocol.error_reply(
+                request.id, "internal_error", f"{cmd} failed in the agent: {exc!r}"), cmd
+        return protocol.Reply(id=request.id, result=result), cmd
+
+
+def _as_config_error(exc: BaseException, config: AgentConfig) -> BaseException:
+    if isinstance(exc, ProdbugError):
+        return exc
+    if isinstance(exc, zmq.ZMQError):
+        if exc.errno == errno.EADDRINUSE:
+            return ConfigError(
+                f"cannot listen on {config.listen}: the address is in use; stop the other "
+                f"process or pick another port in PRODBUG_LISTEN")
+        return ConfigError(f"cannot listen on {config.listen or 'ipc'}: {exc}; "
+                           f"check PRODBUG_LISTEN (tcp://HOST:PORT with a local address)")
+    if isinstance(exc, OSError):
+        return ConfigError(f"agent set-up failed: {exc}")
+    return exc
+
+
+def _close(ctx: zmq.Context[zmq.Socket[bytes]] | None, sockets: list[zmq.Socket[bytes]],
+           *fds: int) -> None:
+    for sock in sockets:
+        with contextlib.suppress(Exception):
+            sock.close(linger=0)
+    if ctx is not None:
+        with contextlib.suppress(Exception):
+            ctx.term()
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -1,0 +1,213 @@
+"""The ``prodbug`` command. Imports only what the command at hand needs (zmq costs ~50 ms)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prodbug._version import __version__
+from prodbug.errors import ConfigError, ProdbugError
+
+if TYPE_CHECKING:
+    from prodbug.client import Credentials
+    from prodbug.render import Style
+
+__all__ = ["main"]
+
+DEFAULT_KEY_DIR = Path("~/.config/prodbug")
+
+EXIT_CODES = """\
+exit codes:
+  0  success
+  1  the agent answered with an error
+  2  usage or configuration error (bad arguments, missing or unsafe key file)
+  3  target unreachable, or no reply in time
+  4  not authorized: the agent refused the key, or its role may not run the command
+
+environment:
+  PRODBUG_CLIENT_SECRET_KEY  your secret certificate (default ~/.config/prodbug/client.key_secret)
+  PRODBUG_SERVER_KEY         the agent's public key: its .key file or the Z85 text
+  NO_COLOR                   plain output even on a terminal
+"""
+
+TARGET_HELP = (
+    "HOST (port 7661), HOST:PORT, tcp://HOST:PORT or ipc://PATH; "
+    "omit it when exactly one local agent runs"
+)
+
+
+def _connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", nargs="?", metavar="TARGET", help=TARGET_HELP)
+    parser.add_argument("--pid", type=int, help="a local process's agent, found in the registry "
+                        "(no keys needed)")
+    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="how long to wait for the agent (default: %(default)s)")
+    parser.add_argument("--key", metavar="PATH", help="your secret certificate "
+                        "(default: $PRODBUG_CLIENT_SECRET_KEY, else ~/.config/prodbug/"
+                        "client.key_secret)")
+    parser.add_argument("--server-key", metavar="KEY", help="the agent's public key: a .key "
+                        "file or Z85 text (default: $PRODBUG_SERVER_KEY)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    common.add_argument("--no-color", action="store_true", help="never colour the output")
+    parser = argparse.ArgumentParser(
+        prog="prodbug",
+        description="Debug a live Python service: stacks, pdb and VS Code over one guarded port.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"prodbug {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              parents=[common])
+
+    p = add("keygen", "create a CURVE certificate pair (NAME.key, NAME.key_secret)")
+    p.add_argument("--name", default="client", help="file and key name (default: %(default)s)")
+    p.add_argument("--dir", type=Path, default=DEFAULT_KEY_DIR,
+                   help="where to write (default: %(default)s)")
+    p.add_argument("--role", choices=["observer", "debugger"], default="observer",
+                   help="role written into the public certificate (default: %(default)s); "
+                        "the agent's owner decides by installing the file")
+    p.add_argument("--force", action="store_true", help="replace an existing pair")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("info", "show who a process is and what debug machinery it has")
+    _connection_args(p)
+    p = add("stacks", "dump every thread's stack, with CPU use and state")
+    _connection_args(p)
+    p.add_argument("--cpu-interval", type=float, default=0.1, metavar="SECONDS",
+                   help="how long to sample per-thread CPU (0 skips; default: %(default)s)")
+    p = add("ps", "list the agents running on this host (for this user, or all for root)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _style(args: argparse.Namespace) -> Style:
+    from prodbug.render import Style
+
+    enabled = (sys.stdout.isatty() and not args.no_color and not os.environ.get("NO_COLOR"))
+    return Style(enabled)
+
+
+def _credentials(args: argparse.Namespace) -> Credentials:
+    from prodbug.client import Credentials
+    from prodbug.keys import load_secret_certificate, parse_server_key
+
+    key_path = args.key or os.environ.get("PRODBUG_CLIENT_SECRET_KEY")
+    path = Path(key_path).expanduser() if key_path else \
+        (DEFAULT_KEY_DIR / "client.key_secret").expanduser()
+    if not key_path and not path.exists():
+        raise ConfigError("TCP targets need your secret key: set PRODBUG_CLIENT_SECRET_KEY or "
+                          "--key, or create ~/.config/prodbug/client.key_secret with: "
+                          "prodbug keygen")
+    server = args.server_key or os.environ.get("PRODBUG_SERVER_KEY")
+    if not server:
+        raise ConfigError("TCP targets need the agent's public key: set PRODBUG_SERVER_KEY or "
+                          "--server-key (the agent's server.key file or its Z85 text)")
+    return Credentials(load_secret_certificate(path), parse_server_key(server))
+
+
+def _request(args: argparse.Namespace, cmd: str, req_args: dict[str, Any]) -> dict[str, Any]:
+    from prodbug.client import Client
+    from prodbug.target import resolve_target
+
+    if args.timeout <= 0:
+        raise ConfigError("--timeout must be a positive number of seconds")
+    target = resolve_target(args.target, args.pid)
+    credentials = _credentials(args) if target.is_tcp else None
+    with Client(target.endpoint, credentials, timeout=args.timeout) as client:
+        return client.request(cmd, req_args)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from prodbug.keys import write_certificate_pair
+
+    public, secret = write_certificate_pair(args.dir.expanduser(), args.name, args.role,
+                                            force=args.force)
+    if args.json:
+        _print_json({"public": str(public), "secret": str(secret), "role": args.role})
+        return 0
+    print(f"wrote {public} (public, share it) and {secret} (secret, mode 0600)")
+    if args.name == "server":
+        print("on the service: PRODBUG_SERVER_SECRET_KEY=" + str(secret))
+        print(f"operators set PRODBUG_SERVER_KEY={public} (or its public-key text)")
+    else:
+        print(f"to authorize it, the service owner copies {public.name} into the agent's "
+              f"PRODBUG_AUTHORIZED_KEYS directory (role: {args.role})")
+        if secret != (DEFAULT_KEY_DIR / "client.key_secret").expanduser():
+            print(f"then use it with: export PRODBUG_CLIENT_SECRET_KEY={secret}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from prodbug.render import render_info
+
+    result = _request(args, "info", {})
+    if args.json:
+        _print_json(result)
+    else:
+        sys.stdout.write(render_info(result, _style(args)))
+    return 0
+
+
+def _cmd_stacks(args: argparse.Namespace) -> int:
+    from prodbug.render import render_stacks
+
+    if not 0 <= args.cpu_interval <= 1:
+        raise ConfigError("--cpu-interval must be between 0 and 1 second")
+    result = _request(args, "stacks", {"cpu_interval": args.cpu_interval})
+    if args.json:
+        _print_json({"processes": [result]})
+    else:
+        sys.stdout.write(render_stacks(result, _style(args)))
+    return 0
+
+
+def _cmd_ps(args: argparse.Namespace) -> int:
+    from prodbug import registry
+    from prodbug.render import render_ps
+
+    entries = list(registry.list_entries())
+    if args.json:
+        _print_json({"agents": entries})
+    else:
+        sys.stdout.write(render_ps(entries, _style(args)))
+    return 0
+
+
+_COMMANDS = {"keygen": _cmd_keygen, "info": _cmd_info, "stacks": _cmd_stacks, "ps": _cmd_ps}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (see ``prodbug --help``)."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ProdbugError as exc:
+        if args.debug:
+            raise
+        print(f"prodbug {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0

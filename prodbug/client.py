@@ -1,0 +1,159 @@
+"""The operator's side of the wire: connect, send one request, wait for its reply.
+
+Errors are precise on purpose: a refused key, a wrong server key, a refused connection
+and a silent agent each get their own message, found through a zmq monitor socket
+instead of a bare timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from prodbug import protocol
+from prodbug.errors import AuthError, ProtocolError, RemoteError, TargetUnreachable
+from prodbug.keys import Certificate, fingerprint
+
+__all__ = ["Client", "Credentials"]
+
+#: Replies (a stack dump of thousands of threads) may be large; still bound them.
+MAX_REPLY_SIZE = 256 << 20
+_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_DISCONNECTED
+)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a TCP client needs: its own secret certificate and the agent's public key."""
+
+    client: Certificate
+    server_key: str
+
+
+class Client:
+    """A connection to one agent. Use as a context manager; ``request`` may be called again."""
+
+    def __init__(self, endpoint: str, credentials: Credentials | None = None,
+                 timeout: float = 5.0) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._credentials = credentials
+        if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://"):]):
+            raise TargetUnreachable(f"no agent socket at {endpoint[len('ipc://'):]}")
+        if endpoint.startswith("tcp://") and credentials is None:
+            raise AuthError(f"{endpoint}: TCP needs a client key and the agent's public key")
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_SIZE)
+        if credentials is not None:
+            cert = credentials.client
+            self._sock.curve_publickey = cert.public_key.encode()
+            self._sock.curve_secretkey = (cert.secret_key or "").encode()
+            self._sock.curve_serverkey = credentials.server_key.encode()
+        self._monitor = self._sock.get_monitor_socket(_EVENTS)
+        self._handshaken = False
+        self._sock.connect(endpoint)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the sockets at once (LINGER 0: nothing is left queued)."""
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.disable_monitor()
+        self._monitor.close(linger=0)
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    def request(self, cmd: str, args: dict[str, Any] | None = None,
+                timeout: float | None = None) -> dict[str, Any]:
+        """Run ``cmd`` on the agent and return its result, or raise a ``ProdbugError``."""
+        rid = secrets.token_hex(8)
+        self.send_raw(protocol.encode_request(protocol.Request(id=rid, cmd=cmd, args=args or {})))
+        reply = self._await_reply(rid, self.timeout if timeout is None else timeout)
+        if reply.error is not None:
+            if reply.error.code == "forbidden":
+                raise AuthError(reply.error.message)
+            raise RemoteError(reply.error.message, reply.error.code)
+        return reply.result or {}
+
+    def send_raw(self, *frames: bytes) -> None:
+        """Send frames as they are (tests use this to send what a client should not)."""
+        self._sock.send_multipart(list(frames))
+
+    def receive_raw(self, timeout: float) -> bytes | None:
+        """The next reply frame within ``timeout`` seconds, or None."""
+        if self._sock.poll(int(timeout * 1000)):
+            return self._sock.recv()
+        return None
+
+    def _await_reply(self, rid: str, timeout: float) -> protocol.Reply:
+        deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        failed_handshakes = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TargetUnreachable(self._timeout_message(timeout))
+            events = dict(poller.poll(int(left * 1000) + 1))
+            if self._monitor in events:
+                failed_handshakes += self._on_event(recv_monitor_message(self._monitor))
+                if failed_handshakes >= 2:
+                    raise AuthError(
+                        f"CURVE handshake with {self.endpoint} failed: the server key does "
+                        f"not match the agent's (check PRODBUG_SERVER_KEY / --server-key), "
+                        f"or that port is not a prodbug agent")
+            if self._sock in events:
+                try:
+                    reply = protocol.decode_reply(self._sock.recv())
+                except ProtocolError as exc:
+                    raise ProtocolError(f"malformed reply from {self.endpoint}: {exc}") from None
+                if reply.id == rid or (reply.id == "" and reply.error is not None):
+                    return reply
+
+    def _on_event(self, event: Mapping[str, Any]) -> int:
+        kind = event["event"]
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._handshaken = True
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            name = self._credentials.client.name if self._credentials else "?"
+            key = fingerprint(self._credentials.client.public_key) if self._credentials else "?"
+            raise AuthError(
+                f'not authorized: the agent at {self.endpoint} refused key "{name}" ({key}...); '
+                f"ask the service owner to put {name}.key in its PRODBUG_AUTHORIZED_KEYS")
+        elif kind == zmq.EVENT_CONNECT_RETRIED and not self._handshaken:
+            raise TargetUnreachable(
+                f"cannot connect to {self.endpoint}: connection refused (is the agent "
+                f"listening there, and the port forwarded?)")
+        elif kind in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                      zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL) or (
+                kind == zmq.EVENT_DISCONNECTED and not self._handshaken):
+            return 1
+        return 0
+
+    def _timeout_message(self, timeout: float) -> str:
+        if self.endpoint.startswith("tcp://") and not self._handshaken:
+            return (f"no answer from {self.endpoint} within {timeout:g}s: the connection "
+                    f"never completed its handshake (is the port forwarded to a prodbug agent?)")
+        return (f"no reply from {self.endpoint} within {timeout:g}s: the process may be "
+                f"frozen in a C call that holds the GIL; try again or raise --timeout")

@@ -1,0 +1,60 @@
+"""One exception root for everything prodbug raises, and the CLI's exit codes."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "ProdbugError",
+    "ProtocolError",
+    "RemoteError",
+    "TargetUnreachable",
+]
+
+
+class ProdbugError(Exception):
+    """Root of every error prodbug raises on purpose.
+
+    ``exit_code`` is what the CLI exits with when this error ends a command.
+    """
+
+    exit_code = 1
+
+
+class ConfigError(ProdbugError):
+    """A setting, key file or address is wrong; the message says how to fix it."""
+
+    exit_code = 2
+
+
+class ProtocolError(ProdbugError):
+    """A message is not valid prodbug protocol; ``code`` is the wire error code."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, code: str = "bad_request", request_id: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+class TargetUnreachable(ProdbugError):
+    """The agent could not be reached, or did not answer in time."""
+
+    exit_code = 3
+
+
+class AuthError(ProdbugError):
+    """The agent refused our key, or our role may not run the command."""
+
+    exit_code = 4
+
+
+class RemoteError(ProdbugError):
+    """The agent answered with an error reply."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,205 @@
+"""The prodbug wire protocol: message types, encoding and decoding.
+
+Pure data: no sockets, no zmq, no I/O. ``docs/protocol.md`` is the prose
+version of this module and the two must agree (a test checks its examples).
+
+Every message is one ZeroMQ frame holding a UTF-8 JSON object. A request::
+
+    {"prodbug": 1, "id": "7f3a", "cmd": "stacks", "args": {}}
+
+and its reply, either ``{"prodbug": 1, "id": "7f3a", "ok": true, "result": {...}}``
+or ``{"prodbug": 1, "id": "7f3a", "ok": false, "error": {"code": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from prodbug.errors import ProtocolError
+
+__all__ = [
+    "COMMANDS",
+    "ERROR_CODES",
+    "MAX_ID_LENGTH",
+    "PROTOCOL_VERSION",
+    "ROLES",
+    "SUPPORTED_VERSIONS",
+    "ErrorInfo",
+    "Reply",
+    "Request",
+    "decode_reply",
+    "decode_request",
+    "encode_reply",
+    "encode_request",
+    "error_reply",
+    "role_allows",
+]
+
+PROTOCOL_VERSION: Final = 1
+SUPPORTED_VERSIONS: Final = (1,)
+MAX_ID_LENGTH: Final = 64
+
+#: Roles in increasing order of power: a debugger may do all an observer may.
+ROLES: Final = ("observer", "debugger")
+
+#: Every command the agent knows, and the least role that may run it.
+COMMANDS: Final[dict[str, str]] = {
+    "ping": "observer",
+    "info": "observer",
+    "stacks": "observer",
+}
+
+ERROR_CODES: Final[dict[str, str]] = {
+    "bad_request": "the message is not a valid request (not JSON, wrong fields or types)",
+    "version_mismatch": "the request's protocol version is not one the agent speaks",
+    "unknown_command": "the agent has no command of that name",
+    "forbidden": "the client's role may not run this command",
+    "internal_error": "the command failed inside the agent; the host is unaffected",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """A client's request: a command name, its arguments and a correlation id."""
+
+    id: str
+    cmd: str
+    args: dict[str, Any] = field(default_factory=dict)
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Why a request failed: a stable ``code`` and a human ``message``."""
+
+    code: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The agent's answer to one request: a result, or an error."""
+
+    id: str
+    result: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    version: int = PROTOCOL_VERSION
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def role_allows(role: str, cmd: str) -> bool:
+    """Whether ``role`` may run ``cmd`` (unknown roles and commands may not)."""
+    needed = COMMANDS.get(cmd)
+    if needed is None or role not in ROLES:
+        return False
+    return ROLES.index(role) >= ROLES.index(needed)
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    # default=repr: a result may hold an odd object; the reply must still go out.
+    return json.dumps(obj, separators=(",", ":"), default=repr).encode()
+
+
+def _loads(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"{what} is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{what} must be a JSON object, not {type(obj).__name__}")
+    return obj
+
+
+def _check_id(obj: dict[str, Any]) -> str:
+    rid = obj.get("id", "")
+    if not isinstance(rid, str) or len(rid) > MAX_ID_LENGTH:
+        raise ProtocolError(f'"id" must be a string of at most {MAX_ID_LENGTH} characters')
+    return rid
+
+
+def encode_request(request: Request) -> bytes:
+    """Encode ``request`` as one frame."""
+    return _dumps(
+        {"prodbug": request.version, "id": request.id, "cmd": request.cmd, "args": request.args}
+    )
+
+
+def decode_request(data: bytes) -> Request:
+    """Decode one request frame.
+
+    Raises ``ProtocolError`` with ``code`` ``bad_request`` or ``version_mismatch``;
+    its ``request_id`` carries the id when it could be read.
+    """
+    obj = _loads(data, "request")
+    version = obj.get("prodbug")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ProtocolError('request has no integer "prodbug" version field')
+    rid = _check_id(obj)
+    if version not in SUPPORTED_VERSIONS:
+        raise ProtocolError(
+            f"protocol version {version} is not supported; this agent speaks "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))}: upgrade the older side",
+            code="version_mismatch",
+            request_id=rid,
+        )
+    cmd = obj.get("cmd")
+    args = obj.get("args", {})
+    if not isinstance(cmd, str) or not cmd:
+        raise ProtocolError('request has no "cmd" string', request_id=rid)
+    if not isinstance(args, dict):
+        raise ProtocolError('"args" must be a JSON object', request_id=rid)
+    return Request(id=rid, cmd=cmd, args=args, version=version)
+
+
+def encode_reply(reply: Reply) -> bytes:
+    """Encode ``reply`` as one frame."""
+    obj: dict[str, Any] = {"prodbug": reply.version, "id": reply.id, "ok": reply.ok}
+    if reply.error is not None:
+        err: dict[str, Any] = {"code": reply.error.code, "message": reply.error.message}
+        if reply.error.details:
+            err["details"] = reply.error.details
+        obj["error"] = err
+    else:
+        obj["result"] = reply.result if reply.result is not None else {}
+    return _dumps(obj)
+
+
+def decode_reply(data: bytes) -> Reply:
+    """Decode one reply frame; raises ``ProtocolError`` when it is malformed."""
+    obj = _loads(data, "reply")
+    version = obj.get("prodbug")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ProtocolError('reply has no integer "prodbug" version field')
+    rid = _check_id(obj)
+    ok = obj.get("ok")
+    if ok is True:
+        result = obj.get("result", {})
+        if not isinstance(result, dict):
+            raise ProtocolError('reply "result" must be a JSON object')
+        return Reply(id=rid, result=result, version=version)
+    if ok is False:
+        err = obj.get("error")
+        if not isinstance(err, dict) or not isinstance(err.get("code"), str):
+            raise ProtocolError('error reply has no "error" object with a "code"')
+        details = err.get("details", {})
+        return Reply(
+            id=rid,
+            error=ErrorInfo(
+                code=err["code"],
+                message=str(err.get("message", "")),
+                details=details if isinstance(details, dict) else {},
+            ),
+            version=version,
+        )
+    raise ProtocolError('reply "ok" must be true or false')
+
+
+def error_reply(rid: str, code: str, message: str, **details: Any) -> Reply:
+    """Build an error reply."""
+    return Reply(id=rid, error=ErrorInfo(code=code, message=message, details=details))

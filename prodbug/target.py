@@ -1,0 +1,66 @@
+"""TARGET strings (``HOST``, ``HOST:PORT``, ``tcp://``, ``ipc://``, ``--pid N``) to endpoints."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from prodbug import registry
+from prodbug.config import DEFAULT_PORT
+from prodbug.errors import ConfigError, TargetUnreachable
+
+__all__ = ["Target", "resolve_target"]
+
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to send requests, and how to name it in messages."""
+
+    endpoint: str
+    pid: int | None = None
+
+    @property
+    def is_tcp(self) -> bool:
+        return self.endpoint.startswith("tcp://")
+
+
+def resolve_target(text: str | None, pid: int | None = None) -> Target:
+    """Turn the CLI's TARGET and ``--pid`` into an endpoint."""
+    if pid is not None:
+        if text:
+            raise ConfigError("give either a TARGET or --pid, not both")
+        entry = registry.find_entry(pid)
+        return Target(str(entry["endpoint"]), pid)
+    if not text:
+        entries = list(registry.list_entries())
+        if len(entries) == 1:
+            return Target(str(entries[0]["endpoint"]), int(entries[0]["pid"]))
+        if not entries:
+            raise TargetUnreachable(
+                f"no local agents in {registry.default_runtime_dir()}; give a TARGET "
+                f"(HOST[:PORT], tcp://HOST:PORT, ipc://PATH) or --pid N")
+        pids = ", ".join(str(e["pid"]) for e in entries)
+        raise ConfigError(f"{len(entries)} local agents (pids {pids}): choose one with --pid N")
+    if text.startswith("ipc://"):
+        return Target(text)
+    if text.startswith("tcp://"):
+        rest = text[len("tcp://"):]
+    elif text.startswith("ssh://"):
+        raise ConfigError(
+            f"ssh:// targets are not supported yet; tunnel instead: ssh -L {DEFAULT_PORT}:"
+            f"127.0.0.1:{DEFAULT_PORT} HOST, then use 127.0.0.1:{DEFAULT_PORT}")
+    elif "://" in text:
+        raise ConfigError(f'unknown scheme in TARGET "{text}"; use tcp://, ipc:// or HOST:PORT')
+    else:
+        rest = text
+    if rest.isdigit():
+        raise ConfigError(f'TARGET "{text}" looks like a pid: use --pid {rest}, or HOST:PORT')
+    match = _HOST_PORT.match(rest)
+    if match is None:
+        raise ConfigError(f'TARGET "{text}" is not HOST, HOST:PORT, tcp://HOST:PORT or ipc://PATH')
+    port = int(match[2]) if match[2] else DEFAULT_PORT
+    if not 0 < port < 65536:
+        raise ConfigError(f"port {port} is out of range (1-65535)")
+    return Target(f"tcp://{match[1]}:{port}")

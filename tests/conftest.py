@@ -1,0 +1,164 @@
+"""Fixtures: real keys, real target processes, the real CLI. Every process is reaped."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prodbug.keys import write_certificate_pair
+
+TARGETS = Path(__file__).parent / "targets"
+READY_TIMEOUT = 30.0
+
+
+@dataclass
+class Keys:
+    root: Path
+    server_public: Path
+    server_secret: Path
+    authorized: Path
+    observer: Path  # secret certificate of an observer-role client
+    debugger: Path
+    stranger: Path  # a valid key that nobody authorized
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    root = tmp_path_factory.mktemp("keys")
+    server_public, server_secret = write_certificate_pair(root / "server", "server")
+    authorized = root / "authorized"
+    clients = root / "clients"
+    secrets = {}
+    for name, role in (("alice", "observer"), ("bob", "debugger"), ("mallory", "observer")):
+        public, secret = write_certificate_pair(clients, name, role)
+        if name != "mallory":
+            authorized.mkdir(exist_ok=True)
+            shutil.copy(public, authorized / public.name)
+        secrets[name] = secret
+    return Keys(root, server_public, server_secret, authorized,
+                secrets["alice"], secrets["bob"], secrets["mallory"])
+
+
+@pytest.fixture
+def runtime_dir() -> Iterator[Path]:
+    # Not tmp_path: unix socket paths must stay short (about 107 bytes).
+    path = Path(tempfile.mkdtemp(prefix="pbt-", dir="/tmp"))
+    os.chmod(path, 0o700)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def base_env(runtime_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRODBUG_")}
+    env["PRODBUG_RUNTIME_DIR"] = str(runtime_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("NO_COLOR", None)
+    return env
+
+
+@pytest.fixture
+def agent_env(base_env: dict[str, str], keys: Keys) -> dict[str, str]:
+    """Environment for a target whose agent listens on CURVE TCP on a free port."""
+    return {
+        **base_env,
+        "PRODBUG_LISTEN": "tcp://127.0.0.1:0",
+        "PRODBUG_SERVER_SECRET_KEY": str(keys.server_secret),
+        "PRODBUG_AUTHORIZED_KEYS": str(keys.authorized),
+    }
+
+
+@dataclass
+class Target:
+    proc: subprocess.Popen[str]
+    facts: dict[str, Any]
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return int(self.facts["pid"])
+
+    @property
+    def tcp(self) -> str:
+        return str(self.facts["tcp"])
+
+    @property
+    def host_port(self) -> str:
+        return self.tcp.removeprefix("tcp://")
+
+
+def _pump(stream: Any, sink: list[str], ready: threading.Event) -> None:
+    for line in stream:
+        sink.append(line)
+        if line.startswith("READY "):
+            ready.set()
+    ready.set()  # EOF: the process died before it was ready
+
+
+@pytest.fixture
+def spawn(request: pytest.FixtureRequest) -> Iterator[Callable[..., Target]]:
+    """Start ``tests/targets/NAME.py ARGS`` and wait for its READY line."""
+    started: list[Target] = []
+
+    def start(name: str, *args: str, env: dict[str, str]) -> Target:
+        proc = subprocess.Popen(
+            [sys.executable, str(TARGETS / f"{name}.py"), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=env,
+        )
+        target = Target(proc, {})
+        started.append(target)
+        ready = threading.Event()
+        threading.Thread(target=_pump, args=(proc.stdout, target.output, ready),
+                         daemon=True).start()
+        if not ready.wait(READY_TIMEOUT) or not any(
+                ln.startswith("READY ") for ln in target.output):
+            raise RuntimeError(f"target {name} not ready:\n{''.join(target.output)}")
+        line = next(ln for ln in target.output if ln.startswith("READY "))
+        target.facts = json.loads(line[len("READY "):])
+        return target
+
+    yield start
+    failed = getattr(request.node, "rep_call", None)
+    for target in started:
+        if target.proc.poll() is None:
+            target.proc.kill()
+        target.proc.wait(10)
+        if failed is not None and failed.failed:
+            sys.stderr.write(f"--- output of pid {target.proc.pid}:\n{''.join(target.output)}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    rep = yield
+    if rep.when == "call":
+        item.rep_call = rep  # type: ignore[attr-defined]
+    return rep
+
+
+def run_cli(*args: str, env: dict[str, str],
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the real ``prodbug`` command line."""
+    return subprocess.run([sys.executable, "-m", "prodbug", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout, check=False)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()

@@ -1,0 +1,92 @@
+"""A target with N named threads, each blocked in a function the tests can predict.
+
+Thread ``worker-I`` runs ``KINDS[I % 3]``: ``sleeper`` (time.sleep), ``lock_waiter``
+(a Lock that is never released) or ``selector`` (select on a pipe that stays empty).
+A ``counter`` thread writes an ever-growing number to $COUNTER_FILE, so tests can see
+the host keep working. ``--spin`` adds a thread spinning in pure Python.
+Prints ``READY {json}`` once every thread is in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import sys
+import threading
+import time
+
+import prodbug
+
+held = threading.Lock()
+held.acquire()
+read_end, _write_end = os.pipe()
+
+
+def sleeper(ready: threading.Event) -> None:
+    ready.set()
+    while True:
+        time.sleep(0.5)
+
+
+def lock_waiter(ready: threading.Event) -> None:
+    ready.set()
+    held.acquire()
+
+
+def selector(ready: threading.Event) -> None:
+    ready.set()
+    select.select([read_end], [], [])
+
+
+def spinner(ready: threading.Event) -> None:
+    ready.set()
+    n = 0
+    while True:
+        n += 1
+
+
+def counter(path: str) -> None:
+    n = 0
+    while True:
+        n += 1
+        with open(path + ".tmp", "w") as f:
+            f.write(str(n))
+        os.replace(path + ".tmp", path)
+        time.sleep(0.01)
+
+
+KINDS = [sleeper, lock_waiter, selector]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=5)
+    parser.add_argument("--spin", action="store_true")
+    parser.add_argument("--no-agent", action="store_true")
+    opts = parser.parse_args()
+    events = []
+    for i in range(opts.threads):
+        ev = threading.Event()
+        threading.Thread(target=KINDS[i % 3], args=(ev,), name=f"worker-{i}", daemon=True).start()
+        events.append(ev)
+    if opts.spin:
+        ev = threading.Event()
+        threading.Thread(target=spinner, args=(ev,), name="spinner", daemon=True).start()
+        events.append(ev)
+    if os.environ.get("COUNTER_FILE"):
+        threading.Thread(target=counter, args=(os.environ["COUNTER_FILE"],), name="counter",
+                         daemon=True).start()
+    for ev in events:
+        ev.wait()
+    facts = {"pid": os.getpid()}
+    if not opts.no_agent:
+        agent = prodbug.start_agent()
+        facts.update(ipc=agent.ipc_endpoint, tcp=agent.tcp_endpoint)
+    print("READY " + json.dumps(facts), flush=True)
+    sys.stdin.read()  # until the test closes our stdin (or kills us)
+
+
+if __name__ == "__main__":
+    main()
