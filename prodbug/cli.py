@@ -91,6 +91,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _connection_args(p)
     p.add_argument("--cpu-interval", type=float, default=0.1, metavar="SECONDS",
                    help="how long to sample per-thread CPU (0 skips; default: %(default)s)")
+    p = add("audit", "show the agent's latest audit records: who ran what, and who was refused "
+                     "(debugger role)")
+    _connection_args(p)
     p = add("ps", "list the agents running on this host (for this user, or all for root)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -181,6 +184,17 @@ def _cmd_stacks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    result = _request(args, "audit", {})
+    if args.json:
+        _print_json(result)
+        return 0
+    for rec in result.get("records", []):
+        rest = " ".join(f"{k}={v}" for k, v in rec.items() if k not in ("time", "event"))
+        print(f"{rec.get('time', '?')}  {rec.get('event', '?'):8}  {rest}")
+    return 0
+
+
 def _cmd_ps(args: argparse.Namespace) -> int:
     from prodbug import registry
     from prodbug.render import render_ps
@@ -193,7 +207,8 @@ def _cmd_ps(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"keygen": _cmd_keygen, "info": _cmd_info, "stacks": _cmd_stacks, "ps": _cmd_ps}
+_COMMANDS = {"keygen": _cmd_keygen, "info": _cmd_info, "stacks": _cmd_stacks,
+             "audit": _cmd_audit, "ps": _cmd_ps}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,7 @@ COMMANDS: Final[dict[str, str]] = {
     "ping": "observer",
     "info": "observer",
     "stacks": "observer",
+    "audit": "debugger",
 }
 
 ERROR_CODES: Final[dict[str, str]] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -85,6 +86,7 @@ class Target:
     proc: subprocess.Popen[str]
     facts: dict[str, Any]
     output: list[str] = field(default_factory=list)
+    pump: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
@@ -97,6 +99,25 @@ class Target:
     @property
     def host_port(self) -> str:
         return self.tcp.removeprefix("tcp://")
+
+
+def stop_target(target: Target) -> int | None:
+    """Close its stdin (targets exit on EOF), kill it if that is not enough, reap it."""
+    proc = target.proc
+    code = None
+    if proc.stdin is not None and not proc.stdin.closed:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+    try:
+        code = proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    if target.pump is not None:
+        target.pump.join(10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return code
 
 
 def _pump(stream: Any, sink: list[str], ready: threading.Event) -> None:
@@ -121,8 +142,9 @@ def spawn(request: pytest.FixtureRequest) -> Iterator[Callable[..., Target]]:
         target = Target(proc, {})
         started.append(target)
         ready = threading.Event()
-        threading.Thread(target=_pump, args=(proc.stdout, target.output, ready),
-                         daemon=True).start()
+        target.pump = threading.Thread(target=_pump, args=(proc.stdout, target.output, ready),
+                                       daemon=True)
+        target.pump.start()
         if not ready.wait(READY_TIMEOUT) or not any(
                 ln.startswith("READY ") for ln in target.output):
             raise RuntimeError(f"target {name} not ready:\n{''.join(target.output)}")
@@ -133,9 +155,7 @@ def spawn(request: pytest.FixtureRequest) -> Iterator[Callable[..., Target]]:
     yield start
     failed = getattr(request.node, "rep_call", None)
     for target in started:
-        if target.proc.poll() is None:
-            target.proc.kill()
-        target.proc.wait(10)
+        stop_target(target)
         if failed is not None and failed.failed:
             sys.stderr.write(f"--- output of pid {target.proc.pid}:\n{''.join(target.output)}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +18,23 @@ _agent_log = logging.getLogger("prodbug.agent")
 class AuditLog:
     """Writes each record to the ``prodbug.audit`` logger and, if set, a JSON-lines file."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, keep: int = 200) -> None:
         self.path = path
         self._file_failed = False
+        #: The latest records, for the ``audit`` command: who has been doing what here.
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
 
     def record(self, event: str, **fields: Any) -> None:
         text = " ".join(f"{k}={v}" for k, v in fields.items())
         _log.info("%s %s", event, text)
-        if self.path is None:
-            return
         line = {
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
             "event": event,
             **fields,
         }
+        self.recent.append(line)
+        if self.path is None:
+            return
         try:
             # Opened per record so that logrotate's moves are followed without a signal.
             with open(self.path, "a", encoding="utf-8") as f:

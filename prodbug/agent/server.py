@@ -69,6 +69,7 @@ class Agent:
             "ping": lambda args: {"pong": True, "pid": self.pid},
             "info": lambda args: collect_info(self.facts()),
             "stacks": lambda args: collect_stacks(args, self.ident),
+            "audit": lambda args: {"records": list(self._audit.recent)},
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
