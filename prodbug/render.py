@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
+
+_STDLIB = re.compile(r"/lib/python3\.\d+/")
 
 __all__ = ["Style", "format_duration", "render_info", "render_ps", "render_stacks"]
 
@@ -54,6 +57,9 @@ def _short_path(filename: str) -> str:
     marker = f"{os.sep}site-packages{os.sep}"
     if marker in filename:
         return filename.split(marker, 1)[1]
+    stdlib = _STDLIB.search(filename)  # the target's stdlib, wherever its prefix is
+    if stdlib is not None:
+        return filename[stdlib.end():]
     return filename
 
 

@@ -88,6 +88,7 @@ class Agent:
     def facts(self) -> dict[str, Any]:
         """What the agent says about itself in ``info``."""
         return {
+            "native_id": self._thread.native_id if self._thread is not None else None,
             "ipc_endpoint": self.ipc_endpoint,
             "tcp_endpoint": self.tcp_endpoint,
             "started_at": self.started_at,

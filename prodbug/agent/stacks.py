@@ -10,9 +10,9 @@ import time
 from types import FrameType
 from typing import Any
 
-import psutil
+from prodbug.agent.procfs import read_task_stats
 
-__all__ = ["MAX_DEPTH", "collect_stacks", "process_header", "thread_cpu_times"]
+__all__ = ["MAX_DEPTH", "collect_stacks", "process_header"]
 
 #: Frames kept per thread (innermost first); deeper stacks are marked truncated.
 MAX_DEPTH = 200
@@ -22,21 +22,14 @@ _RUNNING_PERCENT = 10.0
 _PROC_STATES = {"R": "running", "S": "waiting", "D": "io-wait", "T": "stopped", "t": "stopped"}
 
 
-def thread_cpu_times() -> dict[int, float]:
-    """CPU seconds (user + system) per native thread id of this process."""
-    try:
-        return {t.id: t.user_time + t.system_time for t in psutil.Process().threads()}
-    except (psutil.Error, OSError):
-        return {}
-
-
-def _proc_state(native_id: int) -> str:
-    try:
-        with open(f"/proc/self/task/{native_id}/stat", "rb") as f:
-            data = f.read(512)
-        return _PROC_STATES.get(chr(data[data.rindex(b")") + 2]), "unknown")
-    except (OSError, ValueError, IndexError):
-        return "unknown"
+def _native_ids() -> dict[int, int]:
+    """threading ident -> native thread id, for every thread ``threading`` knows."""
+    out = {}
+    for thread in threading.enumerate():
+        native = getattr(thread, "native_id", None)
+        if thread.ident is not None and native is not None:
+            out[thread.ident] = native
+    return out
 
 
 def _function_name(frame: FrameType) -> str:
@@ -81,13 +74,13 @@ def collect_stacks(args: dict[str, Any], skip_ident: int | None) -> dict[str, An
         raise ValueError("cpu_interval must be a number of seconds")
     interval = min(max(float(interval), 0.0), 1.0)
 
-    before: dict[int, float] = {}
+    natives = _native_ids()
+    before = read_task_stats(natives.values()) if interval else {}
+    started = time.monotonic()
     if interval:
-        before = thread_cpu_times()
-        started = time.monotonic()
         time.sleep(interval)  # releases the GIL: busy threads get to show their CPU use
-        after = thread_cpu_times()
-        elapsed = time.monotonic() - started
+    after = read_task_stats(natives.values())
+    elapsed = time.monotonic() - started
     by_ident = {t.ident: t for t in threading.enumerate()}
     current = sys._current_frames()
     threads: list[dict[str, Any]] = []
@@ -98,12 +91,13 @@ def collect_stacks(args: dict[str, Any], skip_ident: int | None) -> dict[str, An
             thread = by_ident.get(ident)
             native_id = getattr(thread, "native_id", None) if thread is not None else None
             cpu: float | None = None
-            if interval and native_id in before and native_id in after:
-                cpu = round(100.0 * (after[native_id] - before[native_id]) / elapsed, 1)
-            if cpu is not None:
-                state = "running" if cpu >= _RUNNING_PERCENT else "waiting"
-            else:
-                state = _proc_state(native_id) if native_id is not None else "unknown"
+            state = "unknown"
+            if native_id in after:
+                state = _PROC_STATES.get(after[native_id][0], "unknown")
+                if native_id in before:
+                    used = after[native_id][1] - before[native_id][1]
+                    cpu = round(100.0 * used / elapsed, 1)
+                    state = "running" if cpu >= _RUNNING_PERCENT else "waiting"
             frames, truncated = _frames(frame)
             threads.append(
                 {

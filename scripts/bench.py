@@ -1,0 +1,188 @@
+"""prodbug's benchmarks. Every figure comes with a baseline measured in the same run.
+
+1. ``stacks`` latency, 50 threads, over CURVE TCP: host idle, and with a thread spinning in
+   pure Python; baseline: ``ping`` on the same connection.
+2. The CLI end to end (``prodbug stacks --json``); baseline: a bare ``python -c pass``.
+3. The agent thread's CPU time and wake-ups over 10 s of idleness.
+4. The host's pure-Python loop throughput with the agent running vs without, alternated
+   in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from prodbug.client import Client, Credentials
+from prodbug.keys import load_certificate, write_certificate_pair
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = ROOT / "tests" / "targets" / "threads.py"
+
+LOOP = r"""
+import json, sys, time
+import prodbug
+from prodbug.agent import start_agent
+
+def work(seconds):
+    n = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(1000):
+            n += 1
+    return n / seconds
+
+rounds, seconds = int(sys.argv[1]), float(sys.argv[2])
+without, with_agent = [], []
+for _ in range(rounds):
+    without.append(work(seconds))
+    agent = start_agent()
+    with_agent.append(work(seconds))
+    agent.stop()
+print(json.dumps({"without": without, "with": with_agent}))
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def start_target(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    proc = subprocess.Popen([sys.executable, str(TARGET), *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise SystemExit(f"bench target failed to start: {line!r}")
+    return proc, json.loads(line[len("READY "):])
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    if proc.stdout:
+        proc.stdout.close()
+
+
+def latency(client: Client, cmd: str, args: dict[str, object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        client.request(cmd, args)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def thread_cpu(pid: int, tid: int) -> tuple[float, int]:
+    """CPU seconds and context switches (voluntary + involuntary) of one thread."""
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    switches = 0
+    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+        if line.endswith("ctxt_switches:") or "ctxt_switches" in line:
+            switches += int(line.split()[1])
+    return cpu, switches
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=8)
+    opts = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pbbench-", dir="/tmp"))
+    try:
+        server_pub, server_sec = write_certificate_pair(work / "keys", "server")
+        _, client_sec = write_certificate_pair(work / "keys", "bench")
+        (work / "auth").mkdir()
+        shutil.copy(work / "keys" / "bench.key", work / "auth")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PRODBUG_")}
+        env.update(PRODBUG_RUNTIME_DIR=str(work / "run"), PRODBUG_LISTEN="tcp://127.0.0.1:0",
+                   PRODBUG_SERVER_SECRET_KEY=str(server_sec),
+                   PRODBUG_AUTHORIZED_KEYS=str(work / "auth"))
+        creds = Credentials(load_certificate(client_sec), load_certificate(server_pub).public_key)
+        print(f"prodbug bench on Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+
+        print("\n1. stacks latency, 50 threads, CURVE TCP, cpu_interval=0 "
+              f"({opts.requests} requests each)")
+        for label, extra in (("host idle", ()), ("thread spinning", ("--spin",))):
+            proc, facts = start_target(env, "--threads", "50", *extra)
+            try:
+                with Client(facts["tcp"], creds, timeout=30) as client:
+                    latency(client, "stacks", {"cpu_interval": 0}, 5)  # warm up
+                    ping = latency(client, "ping", {}, opts.requests)
+                    stacks = latency(client, "stacks", {"cpu_interval": 0}, opts.requests)
+            finally:
+                stop(proc)
+            print(f"   {label:16} stacks median {statistics.median(stacks):6.2f} ms  "
+                  f"p99 {pct(stacks, 0.99):6.2f} ms | ping median "
+                  f"{statistics.median(ping):5.2f} ms  p99 {pct(ping, 0.99):5.2f} ms | "
+                  f"stacks/ping {statistics.median(stacks) / statistics.median(ping):5.1f}x")
+
+        print("\n2. CLI end to end: prodbug stacks HOST:PORT --json --cpu-interval 0 (15 runs)")
+        proc, facts = start_target(env, "--threads", "50")
+        cli_env = {**env, "PRODBUG_CLIENT_SECRET_KEY": str(client_sec),
+                   "PRODBUG_SERVER_KEY": str(server_pub)}
+        try:
+            def timed(argv: list[str]) -> float:
+                t0 = time.perf_counter()
+                subprocess.run(argv, env=cli_env, check=True, stdout=subprocess.DEVNULL)
+                return (time.perf_counter() - t0) * 1000
+            bare, cli = [], []
+            for _ in range(15):  # alternated, so that machine noise hits both alike
+                bare.append(timed([sys.executable, "-c", "pass"]))
+                cli.append(timed([sys.executable, "-m", "prodbug", "stacks",
+                                  facts["tcp"].removeprefix("tcp://"), "--json",
+                                  "--cpu-interval", "0"]))
+            print(f"   prodbug stacks median {statistics.median(cli):6.1f} ms | python -c pass "
+                  f"median {statistics.median(bare):5.1f} ms | ratio "
+                  f"{statistics.median(cli) / statistics.median(bare):4.1f}x")
+            spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
+            if spy and os.geteuid() == 0:
+                runs = [timed([spy, "dump", "--pid", facts["pid"]]) for _ in range(5)]
+                print(f"   py-spy dump median {statistics.median(runs):6.1f} ms")
+
+            print(f"\n3. agent thread while idle for {opts.idle_seconds:g} s")
+            with Client(facts["tcp"], creds, timeout=30) as client:
+                tid = client.request("info")["agent"]["native_id"]
+            pid = int(facts["pid"])
+            cpu0, sw0 = thread_cpu(pid, tid)
+            time.sleep(opts.idle_seconds)
+            cpu1, sw1 = thread_cpu(pid, tid)
+            print(f"   CPU {1000 * (cpu1 - cpu0):.1f} ms, context switches {sw1 - sw0} "
+                  f"(kernel tick {1000 / os.sysconf('SC_CLK_TCK'):.0f} ms)")
+        finally:
+            stop(proc)
+
+        print(f"\n4. host pure-Python loop, agent idle vs absent, {opts.rounds} alternated "
+              f"rounds of 0.5 s")
+        out = subprocess.run([sys.executable, "-c", LOOP, str(opts.rounds), "0.5"], env=env,
+                             check=True, capture_output=True, text=True).stdout
+        loops = json.loads(out)
+        without, with_agent = statistics.median(loops["without"]), statistics.median(loops["with"])
+        print(f"   without {without / 1e6:6.2f} M ops/s | with agent {with_agent / 1e6:6.2f} "
+              f"M ops/s | ratio {with_agent / without:.3f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
