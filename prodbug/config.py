@@ -110,6 +110,12 @@ class AgentConfig:
 
     def validate(self) -> None:
         """Check what can be checked without touching the network."""
+        if self.listen is not None and not isinstance(self.listen, str):
+            raise ConfigError("listen must be a string such as tcp://127.0.0.1:7661, or None")
+        if not isinstance(self.allow_remote, bool):
+            raise ConfigError("allow_remote must be True or False")
+        if not isinstance(self.max_message_size, int) or isinstance(self.max_message_size, bool):
+            raise ConfigError("max_message_size must be a whole number of bytes")
         if self.max_message_size < 1024:
             raise ConfigError("max_message_size must be at least 1024 bytes")
         if self.listen is None:

@@ -47,7 +47,11 @@ def default_runtime_dir() -> Path:
 
 
 def ensure_runtime_dir(path: Path) -> Path:
-    """Create the directory 0700, or refuse it when someone else owns it or can enter it."""
+    """Create the directory 0700, or refuse it when someone else owns it or can enter it.
+
+    An existing directory is never chmod-ed: PRODBUG_RUNTIME_DIR=/tmp must not make /tmp
+    private; it is refused instead.
+    """
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = path.lstat()
@@ -60,8 +64,11 @@ def ensure_runtime_dir(path: Path) -> Path:
             f"runtime directory {path} belongs to uid {st.st_uid}, not to you "
             f"(uid {os.getuid()}); set PRODBUG_RUNTIME_DIR to a directory of your own"
         )
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(path, 0o700)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"runtime directory {path} is open to others (mode {mode:04o}); "
+            f"fix it with: chmod 700 {path}, or set PRODBUG_RUNTIME_DIR to a private directory")
     return path
 
 

@@ -156,8 +156,10 @@ def main() -> int:
                   f"{statistics.median(cli) / statistics.median(bare):4.1f}x")
             spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
             if spy and os.geteuid() == 0:
-                runs = [timed([spy, "dump", "--pid", facts["pid"]]) for _ in range(5)]
-                print(f"   py-spy dump median {statistics.median(runs):6.1f} ms")
+                runs = [timed([spy, "dump", "--pid", str(facts["pid"])]) for _ in range(15)]
+                spy_ms = statistics.median(runs)
+                print(f"   py-spy dump --pid median {spy_ms:6.1f} ms (needs ptrace) | "
+                      f"prodbug/py-spy {statistics.median(cli) / spy_ms:4.1f}x")
 
             print(f"\n3. agent thread while idle for {opts.idle_seconds:g} s")
             with Client(facts["tcp"], creds, timeout=30) as client:

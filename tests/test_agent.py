@@ -117,3 +117,19 @@ def test_forked_child_runs_its_own_agent(spawn, agent_env: dict[str, str],
     worker = next(t for t in proc["threads"] if t["name"] == "child-worker")
     assert worker["frames"][0]["function"] == "child_loop"
     assert stop_target(target) == 0
+
+
+def test_runtime_dir_open_to_others_is_refused_not_changed(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(ConfigError, match=f"chmod 700 {shared}"):
+        start_agent(runtime_dir=shared)
+    assert shared.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize(("setting", "value"), [("listen", 7661), ("max_message_size", "1M"),
+                                                ("allow_remote", "yes")])
+def test_override_of_the_wrong_type(setting: str, value: object, runtime_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=setting):
+        start_agent(runtime_dir=runtime_dir, **{setting: value})

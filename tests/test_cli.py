@@ -138,8 +138,9 @@ def test_roles_observer_is_denied_debugger_commands(spawn, agent_env, base_env,
                        env=_client_env(base_env, keys, keys.debugger))
     assert debugger.returncode == 0, debugger.stderr
     records = json.loads(debugger.stdout)["records"]
-    assert [(r["key"], r["cmd"], r["outcome"]) for r in records] == [
-        ("alice", "audit", "forbidden")]
+    assert [(r["key"], r["cmd"], r["outcome"], r["pid"]) for r in records] == [
+        ("alice", "audit", "forbidden", target.pid)]
+    assert float(records[0]["duration_ms"]) >= 0 and records[0]["time"]
 
 
 def test_cli_errors_are_one_line_with_exit_codes(base_env, tmp_path: Path, keys: Keys) -> None:

@@ -62,6 +62,7 @@ class Agent:
         self._start_error: BaseException | None = None
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = -1, -1
+        self._waited = True
         self._keyring: KeyRing | None = None
         self._server_cert: tuple[bytes, bytes] | None = None
         self._audit = AuditLog(config.audit_log)
@@ -107,6 +108,7 @@ class Agent:
                 _log.warning("no authorized keys in %s: nobody can connect over TCP yet",
                              authorized)
         self._wake_r, self._wake_w = os.pipe()
+        self._waited = wait
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
         if not wait:
@@ -152,6 +154,8 @@ class Agent:
             self._bind(ctx, sockets, runtime_dir)
         except BaseException as exc:  # any set-up failure goes back to start(), never up
             self._start_error = _as_config_error(exc, self.config)
+            if not self._waited:  # nobody will see the exception: say it here
+                _log.warning("prodbug agent not started: %s", self._start_error)
             self._ready.set()
             _close(ctx, sockets, self._wake_r, self._wake_w)
             if self.ipc_endpoint is not None:
