@@ -6,10 +6,11 @@ Starts only when ``PRODBUG_AUTOSTART=1`` or ``PRODBUG_LISTEN`` is set, so that t
 in the same image (pip, a shell's python) are left alone. Never raises.
 """
 
+import contextlib
 import os
 
 if os.environ.get("PRODBUG_AUTOSTART") == "1" or os.environ.get("PRODBUG_LISTEN"):
-    try:
-        import prodbug.autostart  # noqa: F401  (logs its own failures)
-    except Exception:  # not even prodbug importable: the process must still run
-        pass
+    # Not even prodbug importable: the process must still run. prodbug.autostart logs
+    # its own failures.
+    with contextlib.suppress(Exception):
+        import prodbug.autostart  # noqa: F401
