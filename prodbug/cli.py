@@ -91,6 +91,17 @@ def _build_parser() -> argparse.ArgumentParser:
     _connection_args(p)
     p.add_argument("--cpu-interval", type=float, default=0.1, metavar="SECONDS",
                    help="how long to sample per-thread CPU (0 skips; default: %(default)s)")
+    p.add_argument("--locals", type=int, nargs="?", const=1, default=0, metavar="N",
+                   help="show locals of the N innermost frames of each thread (default N: 1); "
+                        "values are rendered without running the host's code, and names that "
+                        "look secret are redacted")
+    p.add_argument("--no-redact", action="store_true",
+                   help="show secret-looking locals too (needs a debugger key)")
+    p.add_argument("--no-group", action="store_true",
+                   help="show every thread and task, even when many share one stack")
+    p.add_argument("--no-fallback", action="store_true",
+                   help="with --pid: do not fall back to a C-level faulthandler dump when the "
+                        "agent does not answer in time")
     p = add("audit", "show the agent's latest audit records: who ran what, and who was refused "
                      "(debugger role)")
     _connection_args(p)
@@ -124,16 +135,30 @@ def _credentials(args: argparse.Namespace) -> Credentials:
     return Credentials(load_secret_certificate(path), parse_server_key(server))
 
 
-def _request(args: argparse.Namespace, cmd: str, req_args: dict[str, Any]) -> dict[str, Any]:
+def _request(args: argparse.Namespace, cmd: str, req_args: dict[str, Any],
+             fallback: bool = False) -> dict[str, Any]:
     from prodbug.client import Client
+    from prodbug.errors import ReplyTimeout
     from prodbug.target import resolve_target
 
     if args.timeout <= 0:
         raise ConfigError("--timeout must be a positive number of seconds")
     target = resolve_target(args.target, args.pid)
     credentials = _credentials(args) if target.is_tcp else None
-    with Client(target.endpoint, credentials, timeout=args.timeout) as client:
-        return client.request(cmd, req_args)
+    try:
+        with Client(target.endpoint, credentials, timeout=args.timeout) as client:
+            return client.request(cmd, req_args)
+    except ReplyTimeout as exc:
+        if not fallback or target.pid is None:
+            raise
+        from prodbug import registry
+        from prodbug.faultdump import trigger_dump
+
+        result = trigger_dump(registry.find_entry(target.pid))
+        print(f"prodbug {cmd}: the agent did not answer within {args.timeout:g}s ({exc}); "
+              f"showing a C-level dump made by faulthandler on signal "
+              f"{result['dump_signal']} instead", file=sys.stderr)
+        return result
 
 
 def _print_json(obj: Any) -> None:
@@ -176,11 +201,18 @@ def _cmd_stacks(args: argparse.Namespace) -> int:
 
     if not 0 <= args.cpu_interval <= 1:
         raise ConfigError("--cpu-interval must be between 0 and 1 second")
-    result = _request(args, "stacks", {"cpu_interval": args.cpu_interval})
+    if not 0 <= args.locals <= 5:
+        raise ConfigError("--locals takes 0 to 5 frames")
+    req: dict[str, Any] = {"cpu_interval": args.cpu_interval}
+    if args.locals:
+        req["locals"] = args.locals
+    if args.no_redact:
+        req["redact"] = False
+    result = _request(args, "stacks", req, fallback=not args.no_fallback)
     if args.json:
         _print_json({"processes": [result]})
     else:
-        sys.stdout.write(render_stacks(result, _style(args)))
+        sys.stdout.write(render_stacks(result, _style(args), group=not args.no_group))
     return 0
 
 

@@ -18,7 +18,13 @@ from typing import Any
 import zmq
 
 from prodbug import protocol
-from prodbug.errors import AuthError, ProtocolError, RemoteError, TargetUnreachable
+from prodbug.errors import (
+    AuthError,
+    ProtocolError,
+    RemoteError,
+    ReplyTimeout,
+    TargetUnreachable,
+)
 from prodbug.keys import Certificate, fingerprint
 
 __all__ = ["Client", "Credentials"]
@@ -113,7 +119,9 @@ class Client:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TargetUnreachable(self._timeout_message(timeout))
+                if self.endpoint.startswith("tcp://") and not self._handshaken:
+                    raise TargetUnreachable(self._timeout_message(timeout))
+                raise ReplyTimeout(self._timeout_message(timeout))
             events = dict(poller.poll(int(left * 1000) + 1))
             if self._monitor in events:
                 failed_handshakes += self._on_event(self._monitor.recv_multipart())

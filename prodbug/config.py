@@ -26,6 +26,8 @@ _ENV = {
     "runtime_dir": "PRODBUG_RUNTIME_DIR",
     "audit_log": "PRODBUG_AUDIT_LOG",
     "max_message_size": "PRODBUG_MAX_MESSAGE_SIZE",
+    "hang_dump": "PRODBUG_HANG_DUMP",
+    "dump_signal": "PRODBUG_DUMP_SIGNAL",
 }
 
 
@@ -72,6 +74,8 @@ class AgentConfig:
     runtime_dir: Path | None = None
     audit_log: Path | None = None
     max_message_size: int = 1 << 20
+    hang_dump: float | None = None
+    dump_signal: str = "auto"
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AgentConfig:
@@ -96,7 +100,12 @@ class AgentConfig:
                     values[name] = int(text)
                 except ValueError:
                     raise ConfigError(f'{var}="{text}" is not a number of bytes') from None
-            elif name == "listen":
+            elif name == "hang_dump":
+                try:
+                    values[name] = float(text)
+                except ValueError:
+                    raise ConfigError(f'{var}="{text}" is not a number of seconds') from None
+            elif name in ("listen", "dump_signal"):
                 values[name] = text
             else:
                 values[name] = Path(text).expanduser()
@@ -118,6 +127,14 @@ class AgentConfig:
             raise ConfigError("max_message_size must be a whole number of bytes")
         if self.max_message_size < 1024:
             raise ConfigError("max_message_size must be at least 1024 bytes")
+        if self.hang_dump is not None and (
+                isinstance(self.hang_dump, bool) or not isinstance(self.hang_dump, (int, float))
+                or self.hang_dump < 2):
+            raise ConfigError("PRODBUG_HANG_DUMP must be a number of seconds, at least 2 "
+                              "(the agent re-arms its timer every SECONDS/2)")
+        if not (self.dump_signal in ("auto", "off") or str(self.dump_signal).isdigit()):
+            raise ConfigError(f'PRODBUG_DUMP_SIGNAL="{self.dump_signal}" must be auto, off or '
+                              f"a signal number")
         if self.listen is None:
             return
         _host, _port, loopback = parse_listen(self.listen)

@@ -8,6 +8,7 @@ __all__ = [
     "ProdbugError",
     "ProtocolError",
     "RemoteError",
+    "ReplyTimeout",
     "TargetUnreachable",
 ]
 
@@ -42,6 +43,10 @@ class TargetUnreachable(ProdbugError):
     """The agent could not be reached, or did not answer in time."""
 
     exit_code = 3
+
+
+class ReplyTimeout(TargetUnreachable):
+    """Connected, but the agent did not answer in time (a C call may hold the GIL)."""
 
 
 class AuthError(ProdbugError):

@@ -50,6 +50,17 @@ def format_duration(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def _natural(name: str) -> list[Any]:
+    """'stuck-2' before 'stuck-10'."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _names(names: list[str], most: int = 6) -> str:
+    ordered = sorted(names, key=_natural)
+    text = ", ".join(repr(n) for n in ordered[:most])
+    return text + (", ..." if len(ordered) > most else "")
+
+
 def _short_path(filename: str) -> str:
     cwd = os.getcwd() + os.sep
     if filename.startswith(cwd):
@@ -67,33 +78,151 @@ def _argv(argv: Iterable[Any]) -> str:
     return " ".join(str(a) for a in argv)
 
 
-def render_stacks(result: dict[str, Any], style: Style) -> str:
-    """One process's threads, like ``py-spy dump``: a header per thread, innermost frame first."""
-    lines = [
-        f"{style.bold('Process ' + str(result['pid']))}: {_argv(result.get('argv', []))}",
-        f"Python {result.get('python', '?')} ({result.get('implementation', '?')}) "
-        f"{len(result['threads'])} threads",
-        "",
-    ]
-    for thread in result["threads"]:
-        state = str(thread.get("state", "unknown"))
-        painted = style.green(state) if state == "running" else style.yellow(state)
-        cpu = thread.get("cpu_percent")
-        facts = [painted]
-        if cpu is not None:
-            facts.append(f"{cpu:.0f}% CPU")
-        if thread.get("daemon"):
-            facts.append("daemon")
-        tid = thread.get("native_id") or thread.get("ident")
-        lines.append(f"Thread {tid} {style.bold(repr(thread['name']))} ({', '.join(facts)})")
-        for frame in thread["frames"]:
-            where = style.dim(f"({_short_path(frame['filename'])}:{frame['lineno']})")
-            lines.append(f"    {frame['function']} {where}")
-            if frame.get("line"):
-                lines.append(f"        {frame['line']}")
+#: Above this many threads (or tasks), identical stacks are shown once, with a count.
+GROUP_ABOVE = 10
+
+
+def _frames(lines: list[str], frames: list[dict[str, Any]], style: Style, indent: str) -> None:
+    for frame in frames:
+        where = style.dim(f"({_short_path(frame['filename'])}:{frame['lineno']})")
+        lines.append(f"{indent}{frame['function']} {where}")
+        if frame.get("line"):
+            lines.append(f"{indent}    {frame['line']}")
+        for name, value in (frame.get("locals") or {}).items():
+            lines.append(f"{indent}    {style.dim(name + ' =')} {value}")
+
+
+def _wait_text(thread: dict[str, Any], names: dict[int, str]) -> str:
+    wait = thread.get("wait")
+    if not wait:
+        return ""
+    text = f" on {wait['what']}"
+    owner = wait.get("owner")
+    if owner is not None:
+        who = wait.get("owner_name") or names.get(owner) or str(owner)
+        text += f" held by {who!r}"
+    return text
+
+
+def _thread_header(thread: dict[str, Any], names: dict[int, str], style: Style) -> str:
+    state = str(thread.get("state", "unknown"))
+    painted = style.green(state) if state == "running" else style.yellow(state)
+    since = thread.get("since_s")
+    if since is not None:
+        painted += f" {format_duration(since)}+"
+    facts = [painted + _wait_text(thread, names)]
+    cpu = thread.get("cpu_percent")
+    if cpu is not None:
+        facts.append(f"{cpu:.0f}% CPU")
+    if thread.get("daemon"):
+        facts.append("daemon")
+    tid = thread.get("native_id") or thread.get("ident")
+    return f"Thread {tid} {style.bold(repr(thread['name']))} ({', '.join(facts)})"
+
+
+def _render_threads(lines: list[str], result: dict[str, Any], style: Style,
+                    group: bool) -> None:
+    threads = [t for t in result["threads"] if not t.get("agent")]
+    names = {t["ident"]: t["name"] for t in result["threads"]}
+    by_ident = {t["ident"]: t for t in threads}
+    groups = result.get("thread_groups") if group and len(threads) > GROUP_ABOVE else None
+    shown: set[int] = set()
+    for g in groups or []:
+        if g["count"] < 2:
+            continue
+        first = by_ident[g["members"][0]]
+        members = _names(g["names"])
+        state = str(g.get("state", "?")) + _wait_text(first, names)
+        lines.append(f"{style.bold(str(g['count']) + ' threads')} ({state}): {members}")
+        _frames(lines, first["frames"], style, "    ")
+        lines.append("")
+        shown.update(g["members"])
+    for thread in threads:
+        if thread["ident"] in shown:
+            continue
+        lines.append(_thread_header(thread, names, style))
+        for held in thread.get("holds") or []:
+            lines.append(f"    {style.dim('holds')} {held['what']}")
+        _frames(lines, thread["frames"], style, "    ")
         if thread.get("truncated"):
             lines.append("    ... (outer frames cut)")
         lines.append("")
+
+
+def _render_tasks(lines: list[str], result: dict[str, Any], style: Style, group: bool) -> None:
+    tasks = result.get("tasks") or []
+    for loop in result.get("loops") or []:
+        mine = [t for t in tasks if t["loop"] == loop["id"]]
+        where = (f"thread {loop['thread_name']!r}" if loop.get("thread_name")
+                 else "no running thread")
+        lines.append(style.bold(f"Event loop {loop['type']} in {where}: {len(mine)} tasks"))
+        groups = [g for g in result.get("task_groups") or [] if g.get("loop") == loop["id"]]
+        if not (group and len(mine) > GROUP_ABOVE):
+            groups = [{"count": 1, "names": [t["name"]], "frames": t["frames"],
+                       "state": t["state"], "awaiting": t.get("awaiting")} for t in mine]
+        for g in groups:
+            label = (f"{g['count']} tasks" if g["count"] > 1 else "Task") + ": " + _names(
+                g["names"])
+            state = str(g.get("state"))
+            if g.get("awaiting"):
+                state += f" awaiting {g['awaiting']}"
+            lines.append(f"  {style.bold(label)} ({state})")
+            _frames(lines, g["frames"], style, "      ")
+        lines.append("")
+    if result.get("tasks_truncated"):
+        lines.append("(more tasks than shown: the dump keeps at most 10000)")
+
+
+def _render_dump_threads(lines: list[str], threads: list[dict[str, Any]],
+                         names: dict[int, str], style: Style) -> None:
+    for thread in threads:
+        name = names.get(thread["ident"])
+        label = f"Thread {thread['ident']:#x}" + (f" {name!r}" if name else "")
+        if thread.get("current"):
+            label += " (received the signal)"
+        lines.append("  " + style.bold(label))
+        _frames(lines, thread["frames"], style, "      ")
+
+
+def render_stacks(result: dict[str, Any], style: Style, *, group: bool = True) -> str:
+    """One process: deadlocks first, then threads (identical stacks grouped when there
+    are many), event loops with their tasks, and the latest hang dump."""
+    threads = result["threads"]
+    hidden = sum(1 for t in threads if t.get("agent"))
+    lines = [
+        f"{style.bold('Process ' + str(result['pid']))}: {_argv(result.get('argv', []))}",
+        f"Python {result.get('python', '?')} ({result.get('implementation', '?')}), "
+        f"{len(threads) - hidden} threads"
+        + (f" (+{hidden} prodbug agent)" if hidden else "")
+        + (f", {len(result.get('tasks') or [])} asyncio tasks" if result.get("loops") else ""),
+        "",
+    ]
+    if result.get("fallback") == "faulthandler":
+        lines[1] = f"{len(threads)} threads"
+    for cycle in result.get("deadlocks") or []:
+        lines.append(style.red(style.bold("DEADLOCK")) + ": "
+                     + cycle["description"].removeprefix("deadlock: "))
+        lines.append("")
+    if result.get("fallback") == "faulthandler":
+        lines.append(style.yellow(
+            "C-level dump (faulthandler): frames only; no CPU, states, source lines or tasks"))
+        _render_dump_threads(lines, threads, {}, style)
+        return "\n".join(lines).rstrip() + "\n"
+    _render_threads(lines, result, style, group)
+    _render_tasks(lines, result, style, group)
+    hang = result.get("hang_dump")
+    if hang:
+        from prodbug.faultdump import parse_dump
+
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(hang["time"])))
+        lines.append(style.red(style.bold(
+            f"Latest hang dump, {stamp}: no Python thread could run for "
+            f"{hang.get('seconds') or '?'}s")))
+        names = {t["ident"]: t["name"] for t in threads}
+        _render_dump_threads(lines, parse_dump(hang.get("text", "")), names, style)
+    if result.get("locals_redacted"):
+        lines.append(style.dim("(locals whose names look secret are redacted; a debugger key "
+                               "may ask for them with --no-redact)"))
     return "\n".join(lines).rstrip() + "\n"
 
 

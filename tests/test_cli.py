@@ -32,7 +32,8 @@ def _check_fifty(dump: dict[str, object], pid: int) -> None:
         assert isinstance(thread["native_id"], int)
         assert thread["state"] == "waiting"
         assert {"filename", "lineno", "function", "line"} <= set(thread["frames"][0])
-    assert all(t["name"] != "prodbug-agent" for t in proc["threads"])
+    (agent,) = [t for t in proc["threads"] if t.get("agent")]
+    assert agent["name"] == "prodbug-agent"
 
 
 def test_stacks_json_over_curve_tcp_and_pid(spawn, agent_env, base_env, keys: Keys) -> None:

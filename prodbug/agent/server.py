@@ -29,9 +29,10 @@ from zmq.utils import z85
 from prodbug import protocol, registry
 from prodbug._version import __version__
 from prodbug.agent.audit import AuditLog
+from prodbug.agent.faults import FaultDumps
 from prodbug.agent.info import collect_info
 from prodbug.agent.keyring import KeyRing
-from prodbug.agent.stacks import collect_stacks
+from prodbug.agent.stacks import StateHistory, collect_stacks
 from prodbug.config import AgentConfig, parse_listen
 from prodbug.errors import ConfigError, ProdbugError, ProtocolError
 from prodbug.keys import AuthorizedKey, fingerprint, load_secret_certificate
@@ -45,7 +46,7 @@ _ZAP_DOMAIN = b"prodbug"
 _RCVHWM = 16
 _log = logging.getLogger("prodbug.agent")
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+Handler = Callable[[dict[str, Any], AuthorizedKey], dict[str, Any]]
 
 
 class Agent:
@@ -66,12 +67,20 @@ class Agent:
         self._keyring: KeyRing | None = None
         self._server_cert: tuple[bytes, bytes] | None = None
         self._audit = AuditLog(config.audit_log)
+        self._history = StateHistory()
+        self._faults: FaultDumps | None = None
         self._handlers: dict[str, Handler] = {
-            "ping": lambda args: {"pong": True, "pid": self.pid},
-            "info": lambda args: collect_info(self.facts()),
-            "stacks": lambda args: collect_stacks(args, self.ident),
-            "audit": lambda args: {"records": list(self._audit.recent)},
+            "ping": lambda args, key: {"pong": True, "pid": self.pid},
+            "info": lambda args, key: collect_info(self.facts()),
+            "stacks": self._stacks,
+            "audit": lambda args, key: {"records": list(self._audit.recent)},
         }
+
+    def _stacks(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+        hang = self._faults.latest_hang() if self._faults is not None else None
+        return collect_stacks(args, self.ident, history=self._history,
+                              may_unredact=protocol.role_allows(key.role, "audit"),
+                              hang_dump=hang)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -88,11 +97,13 @@ class Agent:
 
     def facts(self) -> dict[str, Any]:
         """What the agent says about itself in ``info``."""
+        faults = self._faults.facts() if self._faults is not None else {}
         return {
             "native_id": self._thread.native_id if self._thread is not None else None,
             "ipc_endpoint": self.ipc_endpoint,
             "tcp_endpoint": self.tcp_endpoint,
             "started_at": self.started_at,
+            **faults,
         }
 
     def start(self, *, wait: bool = True, timeout: float = 10.0) -> None:
@@ -134,6 +145,9 @@ class Agent:
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's agent without touching its zmq state."""
+        if self._faults is not None:  # the parent's signal handlers write the parent's files
+            self._faults.stop(after_fork=True)
+            self._faults = None
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -158,6 +172,8 @@ class Agent:
                 _log.warning("prodbug agent not started: %s", self._start_error)
             self._ready.set()
             _close(ctx, sockets, self._wake_r, self._wake_w)
+            if self._faults is not None:
+                self._faults.stop()
             if self.ipc_endpoint is not None:
                 registry.remove_entry(runtime_dir, self.pid)
             return
@@ -170,6 +186,8 @@ class Agent:
             _log.exception("agent loop failed; the agent stops, the host goes on")
         finally:
             registry.remove_entry(runtime_dir, self.pid)
+            if self._faults is not None:
+                self._faults.stop()
             _close(ctx, sockets, self._wake_r, self._wake_w)
             _log.info("agent stopped")
 
@@ -197,7 +215,11 @@ class Agent:
             host, port, _ = parse_listen(self.config.listen)
             tcp.bind(f"tcp://{host}:{port or '*'}")
             self.tcp_endpoint = tcp.get_string(zmq.LAST_ENDPOINT)
+        self._faults = FaultDumps(runtime_dir, self.pid, self.config.hang_dump,
+                                  self.config.dump_signal)
+        self._faults.start()
         registry.write_entry(runtime_dir, {
+            **self._faults.facts(),
             "pid": self.pid,
             "argv": sys.argv,
             "endpoint": self.ipc_endpoint,
@@ -219,13 +241,18 @@ class Agent:
         poller.register(self._wake_r, zmq.POLLIN)
         ipc = sockets[0]
         zap = sockets[1] if len(sockets) > 1 else None
+        faults = self._faults
+        timeout = faults.poll_timeout_ms if faults is not None else None
         while True:
             try:
-                events = dict(poller.poll())  # no timeout: idle means asleep
+                # No timeout unless a hang timer needs pushing back: idle means asleep.
+                events = dict(poller.poll(timeout))
             except zmq.ZMQError as exc:
                 if exc.errno == errno.EINTR:
                     continue
                 raise
+            if faults is not None:
+                faults.tick()
             if self._wake_r in events:
                 return
             for sock in sockets:
@@ -326,7 +353,10 @@ class Agent:
                 f'"{cmd}" needs the {needed} role; key "{key.name}" is {key.role}',
                 needed_role=needed), cmd
         try:
-            result = handler(request.args)
+            result = handler(request.args, key)
+        except PermissionError as exc:
+            return protocol.error_reply(request.id, "forbidden", f"{cmd}: {exc}",
+                                        needed_role="debugger"), cmd
         except (ValueError, TypeError) as exc:
             return protocol.error_reply(request.id, "bad_request", f"{cmd}: {exc}"), cmd
         except Exception as exc:  # the boundary: a handler bug becomes an error reply

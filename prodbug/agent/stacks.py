@@ -1,4 +1,10 @@
-"""The ``stacks`` command: every thread's frames, CPU and state, collected in-process."""
+"""The ``stacks`` command: every thread and asyncio task, and why each one waits.
+
+Collected in-process from ``sys._current_frames()``: frames innermost first with source
+lines; per-thread CPU use and scheduler state from ``/proc``; what each waiting thread
+waits on (``waits``); every asyncio task (``tasks``); identical stacks grouped; and, on
+request, locals rendered without running host code (``saferepr``).
+"""
 
 from __future__ import annotations
 
@@ -11,25 +17,46 @@ from types import FrameType
 from typing import Any
 
 from prodbug.agent.procfs import read_task_stats
+from prodbug.agent.saferepr import SafeRepr
+from prodbug.agent.tasks import collect_tasks
+from prodbug.agent.waits import analyze
+from prodbug.grouping import group_tasks, group_threads
 
-__all__ = ["MAX_DEPTH", "collect_stacks", "process_header"]
+__all__ = ["MAX_DEPTH", "StateHistory", "collect_stacks", "process_header"]
 
 #: Frames kept per thread (innermost first); deeper stacks are marked truncated.
 MAX_DEPTH = 200
 _MAX_LINE = 200
+_MAX_LOCALS = 50  # names per frame
 #: A thread above this share of one CPU over the sample is "running".
 _RUNNING_PERCENT = 10.0
 _PROC_STATES = {"R": "running", "S": "waiting", "D": "io-wait", "T": "stopped", "t": "stopped"}
 
 
-def _native_ids() -> dict[int, int]:
-    """threading ident -> native thread id, for every thread ``threading`` knows."""
-    out = {}
-    for thread in threading.enumerate():
-        native = getattr(thread, "native_id", None)
-        if thread.ident is not None and native is not None:
-            out[thread.ident] = native
-    return out
+class StateHistory:
+    """Since when each thread has been in its current state, as seen by successive dumps.
+
+    A thread's first dump cannot know how long it has waited; from the second dump on, an
+    unchanged state (same wait, same innermost frame) is reported as lasting at least
+    since the dump that first saw it.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[Any, float]] = {}
+
+    def since(self, now: float, signatures: dict[int, Any]) -> dict[int, float | None]:
+        out: dict[int, float | None] = {}
+        fresh: dict[int, tuple[Any, float]] = {}
+        for ident, signature in signatures.items():
+            old = self._seen.get(ident)
+            if old is not None and old[0] == signature:
+                fresh[ident] = old
+                out[ident] = round(now - old[1], 3)
+            else:
+                fresh[ident] = (signature, now)
+                out[ident] = None
+        self._seen = fresh  # threads that are gone are forgotten: bounded by live threads
+        return out
 
 
 def _function_name(frame: FrameType) -> str:
@@ -37,19 +64,34 @@ def _function_name(frame: FrameType) -> str:
     return getattr(code, "co_qualname", code.co_name)
 
 
-def _frames(frame: FrameType | None) -> tuple[list[dict[str, Any]], bool]:
-    out: list[dict[str, Any]] = []
+def frame_dict(frame: FrameType) -> dict[str, Any]:
+    """One frame as the wire carries it."""
+    filename = frame.f_code.co_filename
+    lineno = frame.f_lineno or 0
+    try:
+        line = linecache.getline(filename, lineno).strip()[:_MAX_LINE]
+    except Exception:  # a broken loader must not break the dump
+        line = ""
+    return {"filename": filename, "lineno": lineno, "function": _function_name(frame),
+            "line": line}
+
+
+def _frame_list(frame: FrameType | None) -> tuple[list[FrameType], bool]:
+    out: list[FrameType] = []
     while frame is not None and len(out) < MAX_DEPTH:
-        filename = frame.f_code.co_filename
-        lineno = frame.f_lineno or 0
-        try:
-            line = linecache.getline(filename, lineno).strip()[:_MAX_LINE]
-        except Exception:  # a broken loader must not break the dump
-            line = ""
-        function = _function_name(frame)
-        out.append({"filename": filename, "lineno": lineno, "function": function, "line": line})
+        out.append(frame)
         frame = frame.f_back
     return out, frame is not None
+
+
+def _locals(frame: FrameType, fmt: SafeRepr) -> dict[str, str] | None:
+    if fmt.exhausted:
+        return None
+    try:
+        names = list(frame.f_locals.items())[:_MAX_LOCALS]
+    except Exception:
+        return None
+    return {str(name): fmt.value(str(name), value) for name, value in names}
 
 
 def process_header() -> dict[str, Any]:
@@ -63,56 +105,119 @@ def process_header() -> dict[str, Any]:
     }
 
 
-def collect_stacks(args: dict[str, Any], skip_ident: int | None) -> dict[str, Any]:
-    """Every thread but ``skip_ident`` (the agent's own), frames innermost first.
+def _cpu_and_state(stacks: dict[int, list[FrameType]], natives: dict[int, int],
+                   before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                   elapsed: float) -> tuple[dict[int, float | None], dict[int, str]]:
+    cpu: dict[int, float | None] = {}
+    state: dict[int, str] = {}
+    for ident in stacks:
+        native = natives.get(ident)
+        cpu[ident] = None
+        state[ident] = "unknown"
+        if native is None or native not in after:
+            continue
+        state[ident] = _PROC_STATES.get(after[native][0], "unknown")
+        if native in before:
+            percent = round(100.0 * (after[native][1] - before[native][1]) / elapsed, 1)
+            cpu[ident] = percent
+            state[ident] = "running" if percent >= _RUNNING_PERCENT else "waiting"
+    return cpu, state
 
-    ``args["cpu_interval"]`` (seconds, default 0.1, at most 1) is how long CPU use
-    is sampled; 0 skips sampling and leaves ``cpu_percent`` null.
+
+def _number(args: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+    value = args.get(name, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number")
+    return min(max(float(value), low), high)
+
+
+def collect_stacks(args: dict[str, Any], agent_ident: int | None, *,  # noqa: PLR0915
+                   history: StateHistory | None = None, may_unredact: bool = False,
+                   hang_dump: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every thread (the agent's own marked ``"agent": true``) and every asyncio task.
+
+    ``args``: ``cpu_interval`` (seconds, default 0.1, at most 1; 0 skips CPU sampling),
+    ``locals`` (how many innermost frames per thread get locals; default 0, at most 5),
+    ``redact`` (default true; false needs ``may_unredact``).
     """
-    interval = args.get("cpu_interval", 0.1)
-    if not isinstance(interval, (int, float)) or isinstance(interval, bool):
-        raise ValueError("cpu_interval must be a number of seconds")
-    interval = min(max(float(interval), 0.0), 1.0)
+    interval = _number(args, "cpu_interval", 0.1, 0.0, 1.0)
+    locals_depth = int(_number(args, "locals", 0, 0, 5))
+    redact = args.get("redact", True)
+    if not isinstance(redact, bool):
+        raise ValueError("redact must be true or false")
+    if not redact and not may_unredact:
+        raise PermissionError("unredacted locals need the debugger role")
 
-    natives = _native_ids()
+    threads_by_ident = {t.ident: t for t in threading.enumerate() if t.ident is not None}
+    natives: dict[int, int] = {}
+    for ident, t in threads_by_ident.items():
+        if t.native_id is not None:
+            natives[ident] = t.native_id
     before = read_task_stats(natives.values()) if interval else {}
     started = time.monotonic()
     if interval:
         time.sleep(interval)  # releases the GIL: busy threads get to show their CPU use
     after = read_task_stats(natives.values())
     elapsed = time.monotonic() - started
-    by_ident = {t.ident: t for t in threading.enumerate()}
+    # Threads started during the sample are picked up too.
+    threads_by_ident = {t.ident: t for t in threading.enumerate() if t.ident is not None}
+
     current = sys._current_frames()
-    threads: list[dict[str, Any]] = []
+    stacks: dict[int, list[FrameType]] = {}
     try:
+        names = {ident: t.name for ident, t in threads_by_ident.items()}
+        truncated: dict[int, bool] = {}
         for ident, frame in current.items():
-            if ident == skip_ident:
-                continue
-            thread = by_ident.get(ident)
-            native_id = getattr(thread, "native_id", None) if thread is not None else None
-            cpu: float | None = None
-            state = "unknown"
-            if native_id in after:
-                state = _PROC_STATES.get(after[native_id][0], "unknown")
-                if native_id in before:
-                    used = after[native_id][1] - before[native_id][1]
-                    cpu = round(100.0 * used / elapsed, 1)
-                    state = "running" if cpu >= _RUNNING_PERCENT else "waiting"
-            frames, truncated = _frames(frame)
-            threads.append(
-                {
-                    "name": thread.name if thread is not None else f"<unregistered {ident}>",
-                    "ident": ident,
-                    "native_id": native_id,
-                    "daemon": thread.daemon if thread is not None else None,
-                    "cpu_percent": cpu,
-                    "state": state,
-                    "frames": frames,
-                    "truncated": truncated,
-                }
-            )
+            stacks[ident], truncated[ident] = _frame_list(frame)
+        cpu, state = _cpu_and_state(stacks, natives, before, after, elapsed)
+        running = {i for i, s in state.items() if s == "running"}
+        if agent_ident is not None:
+            running.add(agent_ident)
+        analysis = analyze({i: f for i, f in stacks.items() if i != agent_ident}, running, names)
+        tasks = collect_tasks(stacks, names, frame_dict)
+        fmt = SafeRepr(redact=redact)
+        signatures = {
+            ident: (state[ident], (analysis.waits.get(ident) or {}).get("what"),
+                    id(frames[0].f_code) if frames else None,
+                    frames[0].f_lineno if frames else None)
+            for ident, frames in stacks.items()}
+        since = history.since(time.monotonic(), signatures) if history else {}
+
+        threads: list[dict[str, Any]] = []
+        for ident, frames in stacks.items():
+            thread = threads_by_ident.get(ident)
+            out_frames = [frame_dict(f) for f in frames]
+            if locals_depth and ident != agent_ident:
+                for n, frame in enumerate(frames[:locals_depth]):
+                    shown = _locals(frame, fmt)
+                    if shown is not None:
+                        out_frames[n]["locals"] = shown
+            entry: dict[str, Any] = {
+                "name": thread.name if thread is not None else f"<unregistered {ident}>",
+                "ident": ident,
+                "native_id": natives.get(ident),
+                "daemon": thread.daemon if thread is not None else None,
+                "cpu_percent": cpu[ident],
+                "state": state[ident],
+                "since_s": since.get(ident),
+                "wait": analysis.waits.get(ident),
+                "holds": analysis.holds.get(ident, []),
+                "frames": out_frames,
+                "truncated": truncated[ident],
+            }
+            if ident == agent_ident:
+                entry["agent"] = True
+            threads.append(entry)
     finally:
-        del current  # frames keep their locals alive: let them go now
+        del current, stacks  # frames keep their locals alive: let them go now
     main = threading.main_thread().ident
     threads.sort(key=lambda t: (t["ident"] != main, t["name"], t["ident"]))
-    return {**process_header(), "threads": threads, "tasks": []}
+    result = {**process_header(), "threads": threads,
+              "deadlocks": analysis.deadlocks, **tasks,
+              "thread_groups": group_threads(threads),
+              "task_groups": group_tasks(tasks["tasks"]),
+              "locals_redacted": redact if locals_depth else None,
+              "locals_truncated": fmt.exhausted}
+    if hang_dump is not None:
+        result["hang_dump"] = hang_dump
+    return result

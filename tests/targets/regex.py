@@ -1,0 +1,46 @@
+"""A thread that holds the GIL in one long C call: a catastrophic regex (~10 s).
+
+Prints ``READY``, then ``REGEX STARTED`` just before the regex takes the GIL, and
+``REGEX DONE`` after it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import threading
+import time
+
+import prodbug
+
+PATTERN = re.compile(r"(a+)+$")
+
+
+def size_for(seconds: float) -> int:
+    """The input length whose match takes about ``seconds`` here (it doubles per 'a')."""
+    start = time.perf_counter()
+    PATTERN.match("a" * 18 + "b")
+    took = max(time.perf_counter() - start, 1e-6)
+    return 18 + max(0, round(math.log2(seconds / took)))
+
+
+def catastrophic(n: int) -> None:
+    print("REGEX STARTED", flush=True)
+    PATTERN.match("a" * n + "b")
+    print("REGEX DONE", flush=True)
+
+
+def main() -> None:
+    n = size_for(float(os.environ.get("REGEX_SECONDS", "10")))
+    agent = prodbug.start_agent()
+    print("READY " + json.dumps({"pid": os.getpid(), "tcp": agent.tcp_endpoint}), flush=True)
+    sys.stdin.readline()  # the test says when
+    threading.Thread(target=catastrophic, args=(n,), name="regex-worker", daemon=True).start()
+    sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Stacks that answer "why is it stuck?", against real stuck processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Keys, Target, run_cli, wait_for
+
+from prodbug.client import Client
+
+THREADS_INNERMOST = ["sleeper", "lock_waiter", "selector"]
+
+
+def _dump(env: dict[str, str], target: Target, *extra: str) -> dict[str, Any]:
+    result = run_cli("stacks", "--pid", str(target.pid), "--json", *extra, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    (proc,) = json.loads(result.stdout)["processes"]
+    return proc  # type: ignore[no-any-return]
+
+
+def _by_name(proc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["name"]: t for t in proc["threads"]}
+
+
+def test_deadlock_lock_owners_and_wait_kinds(spawn, base_env) -> None:
+    target = spawn("stuck", env=base_env)
+    with Client(f"ipc://{base_env['PRODBUG_RUNTIME_DIR']}/{target.pid}.sock") as client:
+        assert wait_for(lambda: bool(client.request("stacks", {"cpu_interval": 0})["deadlocks"]))
+
+    human = run_cli("stacks", "--pid", str(target.pid), env=base_env)
+    assert human.returncode == 0, human.stderr
+    deadlock = next(line for line in human.stdout.splitlines() if line.startswith("DEADLOCK"))
+    for word in ("'alpha'", "'beta'", "LOCK_A", "LOCK_B"):
+        assert word in deadlock
+
+    proc = _dump(base_env, target)
+    (cycle,) = proc["deadlocks"]
+    assert sorted(cycle["names"]) == ["alpha", "beta"]
+    assert cycle["description"].startswith("deadlock: ")
+    threads = _by_name(proc)
+    assert threads["alpha"]["wait"]["kind"] == "rlock"
+    assert "LOCK_B" in threads["alpha"]["wait"]["what"]
+    assert threads["alpha"]["wait"]["owner_name"] == "beta"
+    assert [h["what"].split()[1] for h in threads["alpha"]["holds"]] == ["LOCK_A"]
+    # A plain Lock: its owner is known because the holder is inside ``with LEDGER:``.
+    assert threads["payer"]["wait"]["kind"] == "lock"
+    assert threads["payer"]["wait"]["owner_name"] == "holder"
+    assert "LEDGER" in threads["holder"]["holds"][0]["what"]
+    assert threads["holder"]["wait"]["kind"] == "sleep"
+    assert threads["consumer"]["wait"]["kind"] == "queue"
+    assert threads["flag-waiter"]["wait"]["kind"] == "event"
+    assert threads["alpha"]["since_s"] is not None  # seen waiting by an earlier dump
+    assert all(t["state"] == "waiting" for n, t in threads.items() if n != "prodbug-agent")
+
+
+def test_locals_are_bounded_redacted_and_run_no_host_code(spawn, base_env, agent_env,
+                                                         keys: Keys) -> None:
+    target = spawn("stuck", env=agent_env)
+    # SlowRepr.__repr__ sleeps 60 s: the 30 s limit on the CLI would trip if it ran.
+    proc = _dump(base_env, target, "--locals")
+    frame = _by_name(proc)["secrets"]["frames"][0]
+    assert frame["function"] == "keep_secrets"
+    shown = frame["locals"]
+    assert shown["password"] == "<redacted>"
+    assert shown["api_token"] == "<redacted>"
+    assert shown["slow"] == "SlowRepr(size=3)"
+    assert shown["user"] == "{'name': 'ada', 'session_id': <redacted>}"
+    assert proc["locals_redacted"] is True
+
+    unredacted = _dump(base_env, target, "--locals", "--no-redact")  # local: debugger
+    assert _by_name(unredacted)["secrets"]["frames"][0]["locals"]["password"] == "'hunter2'"
+
+    observer = {**base_env, "PRODBUG_CLIENT_SECRET_KEY": str(keys.observer),
+                "PRODBUG_SERVER_KEY": str(keys.server_public)}
+    denied = run_cli("stacks", target.host_port, "--locals", "--no-redact", env=observer)
+    assert denied.returncode == 4
+    assert "debugger role" in denied.stderr
+
+
+def test_asyncio_tasks_listed_and_grouped(spawn, base_env) -> None:
+    target = spawn("tasks", env=base_env)
+    proc = _dump(base_env, target)
+    (loop,) = proc["loops"]
+    assert loop["thread_name"] == "loop-thread"
+    tasks = {t["name"]: t for t in proc["tasks"]}
+    expected = ({f"stuck-{i}" for i in range(120)} | {f"napper-{i}" for i in range(50)}
+                | {f"reader-{i}" for i in range(30)})
+    assert expected <= set(tasks)
+    assert all(tasks[n]["state"] == "pending" and tasks[n]["frames"] for n in expected)
+    stuck = tasks["stuck-7"]
+    assert [f["function"] for f in stuck["frames"]][-1] == "wait_for_event"
+    assert stuck["frames"][0]["function"].endswith("wait")  # asyncio.Event.wait, innermost
+    assert "Event" in stuck["awaiting"]
+
+    groups = [g for g in proc["task_groups"] if set(g["names"]) & expected]
+    assert sorted((g["count"], sorted({n.split("-")[0] for n in g["names"]})) for g in groups) \
+        == [(30, ["reader"]), (50, ["napper"]), (120, ["stuck"])]
+    human = run_cli("stacks", "--pid", str(target.pid), env=base_env).stdout
+    assert "120 tasks: 'stuck-0', 'stuck-1'" in human
+    assert "awaiting asyncio.Event" in human
+    everything = run_cli("stacks", "--pid", str(target.pid), "--no-group", env=base_env).stdout
+    assert "120 tasks" not in everything and "'stuck-119'" in everything
+
+
+def test_gil_held_by_c_call_fallback_and_hang_dump(spawn, base_env) -> None:
+    target = spawn("regex", env={**base_env, "PRODBUG_HANG_DUMP": "2", "REGEX_SECONDS": "10"})
+    assert target.proc.stdin is not None
+    target.proc.stdin.write("go\n")
+    target.proc.stdin.flush()
+    assert wait_for(lambda: any("REGEX STARTED" in line for line in target.output))
+
+    result = run_cli("stacks", "--pid", str(target.pid), "--timeout", "2", env=base_env)
+    assert result.returncode == 0, result.stderr
+    assert "did not answer within 2s" in result.stderr and "faulthandler" in result.stderr
+    assert "C-level dump" in result.stdout
+    assert "catastrophic (" in result.stdout
+
+    assert wait_for(lambda: any("REGEX DONE" in line for line in target.output), timeout=60)
+    proc = _dump(base_env, target)
+    hang = proc["hang_dump"]
+    assert 'line 32 in catastrophic' in hang["text"] or "in catastrophic" in hang["text"]
+    assert hang["seconds"] == 2
+    human = run_cli("stacks", "--pid", str(target.pid), env=base_env).stdout
+    assert "Latest hang dump" in human and "catastrophic (" in human
+
+
+def _py_spy() -> str:
+    here = str(Path(sys.executable).parent)
+    found = shutil.which("py-spy", path=here) or shutil.which("py-spy")
+    if found is None:
+        pytest.fail("py-spy is not installed: scripts/test installs it with the test extra")
+    return found
+
+
+@pytest.mark.parametrize(("name", "args"), [("threads", ("--threads", "12")), ("stuck", ()),
+                                            ("tasks", ())])
+def test_same_threads_and_innermost_functions_as_py_spy(spawn, base_env, name: str,
+                                                        args: tuple[str, ...]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("py-spy needs ptrace rights (root here)")
+    target = spawn(name, *args, env=base_env)
+    ours = _dump(base_env, target, "--cpu-interval", "0")
+    spy = subprocess.run([_py_spy(), "dump", "--pid", str(target.pid), "--json"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    theirs = {t["os_thread_id"]: t for t in json.loads(spy.stdout)}
+    mine = {t["native_id"]: t for t in ours["threads"]}
+    assert set(mine) == set(theirs)
+    for native, thread in mine.items():
+        if thread.get("agent"):
+            continue  # it was busy answering us; py-spy saw it idle in poll
+        innermost = theirs[native]["frames"][0]["name"]
+        assert thread["frames"][0]["function"] == innermost, thread["name"]
