@@ -108,7 +108,7 @@ def _thread_header(thread: dict[str, Any], names: dict[int, str], style: Style) 
     state = str(thread.get("state", "unknown"))
     painted = style.green(state) if state == "running" else style.yellow(state)
     since = thread.get("since_s")
-    if since is not None:
+    if since is not None and since >= 1:
         painted += f" {format_duration(since)}+"
     facts = [painted + _wait_text(thread, names)]
     cpu = thread.get("cpu_percent")
@@ -192,7 +192,7 @@ def render_stacks(result: dict[str, Any], style: Style, *, group: bool = True) -
     lines = [
         f"{style.bold('Process ' + str(result['pid']))}: {_argv(result.get('argv', []))}",
         f"Python {result.get('python', '?')} ({result.get('implementation', '?')}), "
-        f"{len(threads) - hidden} threads"
+        f"{len(threads) - hidden} thread{'s' if len(threads) - hidden != 1 else ''}"
         + (f" (+{hidden} prodbug agent)" if hidden else "")
         + (f", {len(result.get('tasks') or [])} asyncio tasks" if result.get("loops") else ""),
         "",
@@ -248,6 +248,10 @@ def render_info(result: dict[str, Any], style: Style) -> str:
         ("threads", f"{result.get('threads', '?')} ({result.get('python_threads', '?')} Python)"),
         ("agent", f"{agent.get('version', '?')} (protocol {agent.get('protocol', '?')}), "
                   f"{agent.get('tcp_endpoint') or 'no tcp'}, {agent.get('ipc_endpoint')}"),
+        ("dumps", (f"C-level on signal {agent['dump_signal']}" if agent.get("dump_signal")
+                   else "no C-level dump signal")
+                  + f", hang dump {agent.get('hang_dump', 'off')}"
+                  + (f" ({agent['hang_seconds']:g}s)" if agent.get("hang_seconds") else "")),
         ("debuggers", ", ".join(loaded) or "none loaded"),
         ("hooks", ", ".join(active + [f"sys.monitoring:{v}" for v in tools.values()]) or "none"),
     ]

@@ -135,7 +135,7 @@ class SafeRepr:
         parts, more = self._items(islice(dict.items(obj), self.limits.items + 1), depth)
         body = ", ".join(parts) + (", ..." if more else "")
         text = "{" + body + "}"
-        return text if cls is dict else f"{cls.__qualname__}({text})"
+        return text if cls is dict else f"{cls.__name__}({text})"
 
     def _sequence(self, cls: type, obj: Any, depth: int) -> str:
         base = next(b for b in (list, tuple, set, frozenset, deque) if isinstance(obj, b))
@@ -153,7 +153,7 @@ class SafeRepr:
         else:
             text = "{" + ", ".join(items) + "}" if items else "set()"
         if cls not in (list, tuple, set):
-            text = f"{cls.__qualname__}({text})"
+            text = f"{cls.__name__}({text})"
         return text if size <= self.limits.items else f"{text} <{size} items>"
 
     def _object(self, cls: type, obj: Any, depth: int) -> str:
@@ -170,4 +170,4 @@ class SafeRepr:
                 break
             secret = self.redact and isinstance(key, str) and is_secret_name(key)
             parts.append(f"{key}={REDACTED if secret else self._repr(value, depth - 1)}")
-        return f"{cls.__qualname__}({', '.join(parts)})"
+        return f"{cls.__name__}({', '.join(parts)})"

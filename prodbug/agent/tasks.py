@@ -107,7 +107,7 @@ def _awaiting(frames: list[FrameType], leaf: Any, asyncio: Any) -> str | None:
     if frames:  # e.g. the C iterator of a gather() future: the await line says more
         line = linecache.getline(frames[0].f_code.co_filename, frames[0].f_lineno or 0)
         if line.strip():
-            return line.strip()[:80]
+            return line.strip().removeprefix("return ").removeprefix("await ")[:80]
     return type(leaf).__qualname__
 
 
