@@ -105,6 +105,21 @@ def _build_parser() -> argparse.ArgumentParser:
     p = add("audit", "show the agent's latest audit records: who ran what, and who was refused "
                      "(debugger role)")
     _connection_args(p)
+    p = add("pdb", "open pdb in the live process: stop a thread, break at a line, look at a "
+                   "thread, or examine the last crash (debugger role)")
+    _connection_args(p)
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--thread", metavar="NAME|ID",
+                     help="stop that running thread at its next line (Python 3.12+)")
+    how.add_argument("--break", dest="break_at", metavar="FILE:LINE",
+                     help="stop the first thread that reaches FILE:LINE (before 3.12: threads "
+                          "started from now on)")
+    how.add_argument("--inspect", metavar="THREAD",
+                     help="look at a thread's frames without stopping it (values are live)")
+    how.add_argument("--post-mortem", action="store_true",
+                     help="examine the last unhandled exception, from any thread")
+    p.add_argument("--condition", metavar="EXPR",
+                   help="with --break: stop only when EXPR is true in that frame")
     p = add("ps", "list the agents running on this host (for this user, or all for root)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -227,6 +242,36 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pdb(args: argparse.Namespace) -> int:
+    from prodbug.client import Client
+    from prodbug.pdbcli import run_pdb
+    from prodbug.target import resolve_target
+
+    open_args: dict[str, Any]
+    if args.thread:
+        open_args = {"mode": "thread", "thread": args.thread}
+    elif args.break_at:
+        where, _, line = args.break_at.rpartition(":")
+        if not where or not line.isdigit():
+            raise ConfigError(f'--break "{args.break_at}" is not FILE:LINE (e.g. app/views.py:88)')
+        open_args = {"mode": "break", "file": where, "line": int(line)}
+        if args.condition:
+            open_args["condition"] = args.condition
+    elif args.inspect:
+        open_args = {"mode": "inspect", "thread": args.inspect}
+    else:
+        open_args = {"mode": "post_mortem"}
+    if args.condition and not args.break_at:
+        raise ConfigError("--condition goes with --break")
+    target = resolve_target(args.target, args.pid)
+    credentials = _credentials(args) if target.is_tcp else None
+    import secrets
+
+    with Client(target.endpoint, credentials, timeout=args.timeout,
+                routing_id=b"pdb-" + secrets.token_bytes(8)) as client:
+        return run_pdb(client, open_args)
+
+
 def _cmd_ps(args: argparse.Namespace) -> int:
     from prodbug import registry
     from prodbug.render import render_ps
@@ -240,7 +285,7 @@ def _cmd_ps(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"keygen": _cmd_keygen, "info": _cmd_info, "stacks": _cmd_stacks,
-             "audit": _cmd_audit, "ps": _cmd_ps}
+             "audit": _cmd_audit, "ps": _cmd_ps, "pdb": _cmd_pdb}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

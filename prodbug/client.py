@@ -53,7 +53,7 @@ class Client:
     """A connection to one agent. Use as a context manager; ``request`` may be called again."""
 
     def __init__(self, endpoint: str, credentials: Credentials | None = None,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, routing_id: bytes | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self._credentials = credentials
@@ -70,7 +70,10 @@ class Client:
             self._sock.curve_publickey = cert.public_key.encode()
             self._sock.curve_secretkey = (cert.secret_key or "").encode()
             self._sock.curve_serverkey = credentials.server_key.encode()
+        if routing_id is not None:  # a session survives reconnects under the same identity
+            self._sock.setsockopt(zmq.ROUTING_ID, routing_id)
         self._monitor = self._sock.get_monitor_socket(_EVENTS)
+        self.events: list[protocol.Event] = []
         self._handshaken = False
         self._sock.connect(endpoint)
 
@@ -131,12 +134,31 @@ class Client:
                         f"not match the agent's (check PRODBUG_SERVER_KEY / --server-key), "
                         f"or that port is not a prodbug agent")
             if self._sock in events:
-                try:
-                    reply = protocol.decode_reply(self._sock.recv())
-                except ProtocolError as exc:
-                    raise ProtocolError(f"malformed reply from {self.endpoint}: {exc}") from None
-                if reply.id == rid or (reply.id == "" and reply.error is not None):
-                    return reply
+                message = self._decode(self._sock.recv())
+                if isinstance(message, protocol.Event):
+                    self.events.append(message)  # a session's output, kept for its reader
+                elif message.id == rid or (message.id == "" and message.error is not None):
+                    return message
+
+    def _decode(self, data: bytes) -> protocol.Reply | protocol.Event:
+        try:
+            return protocol.decode_message(data)
+        except ProtocolError as exc:
+            raise ProtocolError(f"malformed message from {self.endpoint}: {exc}") from None
+
+    def send_request(self, cmd: str, args: dict[str, Any] | None = None) -> str:
+        """Send a request without waiting; its reply comes through ``poll_message``."""
+        rid = secrets.token_hex(8)
+        self.send_raw(protocol.encode_request(protocol.Request(id=rid, cmd=cmd, args=args or {})))
+        return rid
+
+    def poll_message(self, timeout: float) -> protocol.Reply | protocol.Event | None:
+        """The next event (kept ones first) or reply within ``timeout`` seconds, or None."""
+        if self.events:
+            return self.events.pop(0)
+        if self._sock.poll(int(timeout * 1000)):
+            return self._decode(self._sock.recv())
+        return None
 
     def _on_event(self, frames: list[bytes]) -> int:
         # A monitor message: uint16 event id and uint32 value, then the endpoint. Parsed

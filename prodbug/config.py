@@ -28,6 +28,8 @@ _ENV = {
     "max_message_size": "PRODBUG_MAX_MESSAGE_SIZE",
     "hang_dump": "PRODBUG_HANG_DUMP",
     "dump_signal": "PRODBUG_DUMP_SIGNAL",
+    "session_heartbeat": "PRODBUG_SESSION_HEARTBEAT",
+    "session_idle": "PRODBUG_SESSION_IDLE",
 }
 
 
@@ -76,6 +78,8 @@ class AgentConfig:
     max_message_size: int = 1 << 20
     hang_dump: float | None = None
     dump_signal: str = "auto"
+    session_heartbeat: float = 5.0
+    session_idle: float = 600.0
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AgentConfig:
@@ -100,7 +104,7 @@ class AgentConfig:
                     values[name] = int(text)
                 except ValueError:
                     raise ConfigError(f'{var}="{text}" is not a number of bytes') from None
-            elif name == "hang_dump":
+            elif name in ("hang_dump", "session_heartbeat", "session_idle"):
                 try:
                     values[name] = float(text)
                 except ValueError:
@@ -132,6 +136,10 @@ class AgentConfig:
                 or self.hang_dump < 2):
             raise ConfigError("PRODBUG_HANG_DUMP must be a number of seconds, at least 2 "
                               "(the agent re-arms its timer every SECONDS/2)")
+        for name in ("session_heartbeat", "session_idle"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
+                raise ConfigError(f"{name} must be a number of seconds, at least 1")
         if not (self.dump_signal in ("auto", "off") or str(self.dump_signal).isdigit()):
             raise ConfigError(f'PRODBUG_DUMP_SIGNAL="{self.dump_signal}" must be auto, off or '
                               f"a signal number")

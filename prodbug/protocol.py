@@ -27,10 +27,13 @@ __all__ = [
     "ROLES",
     "SUPPORTED_VERSIONS",
     "ErrorInfo",
+    "Event",
     "Reply",
     "Request",
+    "decode_message",
     "decode_reply",
     "decode_request",
+    "encode_event",
     "encode_reply",
     "encode_request",
     "error_reply",
@@ -50,6 +53,10 @@ COMMANDS: Final[dict[str, str]] = {
     "info": "observer",
     "stacks": "observer",
     "audit": "debugger",
+    "pdb.open": "debugger",
+    "session.input": "debugger",
+    "session.ping": "debugger",
+    "session.close": "debugger",
 }
 
 ERROR_CODES: Final[dict[str, str]] = {
@@ -58,6 +65,9 @@ ERROR_CODES: Final[dict[str, str]] = {
     "unknown_command": "the agent has no command of that name",
     "forbidden": "the client's role may not run this command",
     "internal_error": "the command failed inside the agent; the host is unaffected",
+    "busy": "another debugger session is open in this process",
+    "unsupported": "this Python cannot do that (the message names the version needed)",
+    "not_found": "no such thread, file, line or session",
 }
 
 
@@ -92,6 +102,16 @@ class Reply:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A message the agent sends without being asked: a session's output or its end."""
+
+    session: str
+    kind: str  # "output" | "state"
+    data: dict[str, Any] = field(default_factory=dict)
+    version: int = PROTOCOL_VERSION
 
 
 def role_allows(role: str, cmd: str) -> bool:
@@ -199,6 +219,26 @@ def decode_reply(data: bytes) -> Reply:
             version=version,
         )
     raise ProtocolError('reply "ok" must be true or false')
+
+
+def encode_event(event: Event) -> bytes:
+    """Encode an agent-initiated event as one frame."""
+    return _dumps({"prodbug": event.version, "event": event.kind, "session": event.session,
+                   **event.data})
+
+
+def decode_message(data: bytes) -> Reply | Event:
+    """Decode what an agent sends: a reply, or (during a session) an event."""
+    obj = _loads(data, "message")
+    if "event" in obj:
+        kind, session = obj.get("event"), obj.get("session")
+        if not isinstance(kind, str) or not isinstance(session, str):
+            raise ProtocolError('event needs "event" and "session" strings')
+        version = obj.get("prodbug")
+        rest = {k: v for k, v in obj.items() if k not in ("prodbug", "event", "session")}
+        return Event(session=session, kind=kind, data=rest,
+                     version=version if isinstance(version, int) else PROTOCOL_VERSION)
+    return decode_reply(data)
 
 
 def error_reply(rid: str, code: str, message: str, **details: Any) -> Reply:

@@ -28,10 +28,12 @@ from zmq.utils import z85
 
 from prodbug import protocol, registry
 from prodbug._version import __version__
+from prodbug.agent import postmortem
 from prodbug.agent.audit import AuditLog
 from prodbug.agent.faults import FaultDumps
 from prodbug.agent.info import collect_info
 from prodbug.agent.keyring import KeyRing
+from prodbug.agent.sessions import PdbSession, SessionError, open_session
 from prodbug.agent.stacks import StateHistory, collect_stacks
 from prodbug.config import AgentConfig, parse_listen
 from prodbug.errors import ConfigError, ProdbugError, ProtocolError
@@ -69,12 +71,89 @@ class Agent:
         self._audit = AuditLog(config.audit_log)
         self._history = StateHistory()
         self._faults: FaultDumps | None = None
+        self._notify_r, self._notify_w = -1, -1
+        self._session: PdbSession | None = None
+        self._routes: dict[str, tuple[zmq.Socket[bytes], bytes]] = {}
+        self._route: tuple[zmq.Socket[bytes], bytes] | None = None
         self._handlers: dict[str, Handler] = {
             "ping": lambda args, key: {"pong": True, "pid": self.pid},
             "info": lambda args, key: collect_info(self.facts()),
             "stacks": self._stacks,
             "audit": lambda args, key: {"records": list(self._audit.recent)},
+            "pdb.open": self._pdb_open,
+            "session.input": self._session_input,
+            "session.ping": self._session_ping,
+            "session.close": self._session_close,
         }
+
+    # -- debugger sessions -----------------------------------------------------------------
+
+    def _wake_sessions(self) -> None:
+        with contextlib.suppress(OSError):  # full pipe: a wake-up is pending anyway
+            os.write(self._notify_w, b"s")
+
+    def _pdb_open(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+        current = self._session
+        if current is not None and not current.ended.is_set():
+            opened = time.strftime("%H:%M:%S", time.localtime(current.opened_at))
+            raise SessionError(f"busy: session opened by {current.key_name} at {opened}", "busy")
+        session = open_session(args, key.name, self.ident, self._wake_sessions,
+                               heartbeat=self.config.session_heartbeat,
+                               idle=self.config.session_idle)
+        self._session = session
+        if self._route is not None:
+            self._routes[session.id] = self._route
+        return {**session.facts(), "heartbeat": self.config.session_heartbeat,
+                "idle": self.config.session_idle, "python": sys.version.split()[0]}
+
+    def _own_session(self, args: dict[str, Any], key: AuthorizedKey) -> PdbSession:
+        session = self._session
+        if session is None or args.get("session") != session.id:
+            raise SessionError("no such session (it may have ended)", "not_found")
+        if session.key_name != key.name:
+            raise PermissionError("that session belongs to another key")
+        if self._route is not None:  # the operator may have reconnected
+            self._routes[session.id] = self._route
+        session.last_seen = time.monotonic()
+        return session
+
+    def _session_input(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+        data = args.get("data")
+        if not isinstance(data, str) or len(data) > 65536:
+            raise ValueError("data must be a line of text (at most 64 KiB)")
+        self._own_session(args, key).feed(data)
+        return {}
+
+    def _session_ping(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+        return {"state": self._own_session(args, key).state}
+
+    def _session_close(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+        self._own_session(args, key).end("closed by the operator: the thread goes on")
+        return {}
+
+    def _pump_sessions(self) -> None:
+        """Send queued session output and endings; end sessions whose operator is gone."""
+        session = self._session
+        if session is None:
+            return
+        session.check_timeouts(time.monotonic())
+        text, prompt = session.take_output()
+        route = self._routes.get(session.id)
+        events = []
+        if text or prompt is not None:
+            events.append(protocol.Event(session.id, "output", {"text": text, "prompt": prompt}))
+        if session.ended.is_set():
+            events.append(protocol.Event(session.id, "state",
+                                         {"state": "ended", "reason": session.reason}))
+            self._session = None
+            self._routes.pop(session.id, None)
+            self._audit.record("session", key=session.key_name, pid=self.pid,
+                               mode=session.mode, outcome=session.reason)
+        if route is not None:
+            sock, ident = route
+            for event in events:
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.send_multipart([ident, protocol.encode_event(event)], flags=zmq.NOBLOCK)
 
     def _stacks(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
         hang = self._faults.latest_hang() if self._faults is not None else None
@@ -119,6 +198,8 @@ class Agent:
                 _log.warning("no authorized keys in %s: nobody can connect over TCP yet",
                              authorized)
         self._wake_r, self._wake_w = os.pipe()
+        self._notify_r, self._notify_w = os.pipe()
+        os.set_blocking(self._notify_w, False)
         self._waited = wait
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
@@ -145,10 +226,13 @@ class Agent:
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's agent without touching its zmq state."""
+        session, self._session = self._session, None
+        if session is not None:  # inherited hooks would stop a thread nobody can release
+            session.end("forked")
         if self._faults is not None:  # the parent's signal handlers write the parent's files
             self._faults.stop(after_fork=True)
             self._faults = None
-        for fd in (self._wake_r, self._wake_w):
+        for fd in (self._wake_r, self._wake_w, self._notify_r, self._notify_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._thread = None
@@ -171,7 +255,7 @@ class Agent:
             if not self._waited:  # nobody will see the exception: say it here
                 _log.warning("prodbug agent not started: %s", self._start_error)
             self._ready.set()
-            _close(ctx, sockets, self._wake_r, self._wake_w)
+            _close(ctx, sockets, self._wake_r, self._wake_w, self._notify_r, self._notify_w)
             if self._faults is not None:
                 self._faults.stop()
             if self.ipc_endpoint is not None:
@@ -185,10 +269,14 @@ class Agent:
         except BaseException:  # the host must never see the agent's failure
             _log.exception("agent loop failed; the agent stops, the host goes on")
         finally:
+            session, self._session = self._session, None
+            if session is not None:
+                session.end("the agent stopped: the thread goes on")
+            postmortem.uninstall()
             registry.remove_entry(runtime_dir, self.pid)
             if self._faults is not None:
                 self._faults.stop()
-            _close(ctx, sockets, self._wake_r, self._wake_w)
+            _close(ctx, sockets, self._wake_r, self._wake_w, self._notify_r, self._notify_w)
             _log.info("agent stopped")
 
     def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], sockets: list[zmq.Socket[bytes]],
@@ -218,6 +306,7 @@ class Agent:
         self._faults = FaultDumps(runtime_dir, self.pid, self.config.hang_dump,
                                   self.config.dump_signal)
         self._faults.start()
+        postmortem.install()
         registry.write_entry(runtime_dir, {
             **self._faults.facts(),
             "pid": self.pid,
@@ -239,13 +328,18 @@ class Agent:
         for sock in sockets:
             poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._notify_r, zmq.POLLIN)
         ipc = sockets[0]
         zap = sockets[1] if len(sockets) > 1 else None
         faults = self._faults
-        timeout = faults.poll_timeout_ms if faults is not None else None
+        hang_timeout = faults.poll_timeout_ms if faults is not None else None
         while True:
+            # No timeout unless a hang timer needs pushing back or a session is open
+            # (heartbeats are checked every second): idle means asleep.
+            timeout = hang_timeout
+            if self._session is not None:
+                timeout = min(timeout or 1000, 1000)
             try:
-                # No timeout unless a hang timer needs pushing back: idle means asleep.
                 events = dict(poller.poll(timeout))
             except zmq.ZMQError as exc:
                 if exc.errno == errno.EINTR:
@@ -255,6 +349,9 @@ class Agent:
                 faults.tick()
             if self._wake_r in events:
                 return
+            if self._notify_r in events:
+                with contextlib.suppress(OSError):
+                    os.read(self._notify_r, 4096)
             for sock in sockets:
                 if sock not in events:
                     continue
@@ -267,6 +364,10 @@ class Agent:
                     raise
                 except Exception:  # one bad message must not end the agent
                     _log.exception("agent failed to handle a message; serving on")
+            try:
+                self._pump_sessions()
+            except Exception:
+                _log.exception("session upkeep failed; serving on")
 
     # -- ZAP: who may connect over TCP -------------------------------------------------------
 
@@ -307,9 +408,13 @@ class Agent:
         if key is None:
             return  # cannot happen after ZAP said yes; drop rather than guess
         started = time.perf_counter()
+        self._route = (sock, ident)
         reply, cmd = self._dispatch([f.bytes for f in frames[1:]], key)
+        self._route = None
         with contextlib.suppress(zmq.ZMQError):
             sock.send_multipart([ident, protocol.encode_reply(reply)], flags=zmq.NOBLOCK)
+        if cmd == "session.ping" and reply.ok:
+            return  # a heartbeat a second is not an event worth a record
         self._audit.record(
             "request",
             key=key.name,
@@ -357,6 +462,8 @@ class Agent:
         except PermissionError as exc:
             return protocol.error_reply(request.id, "forbidden", f"{cmd}: {exc}",
                                         needed_role="debugger"), cmd
+        except SessionError as exc:
+            return protocol.error_reply(request.id, exc.code, str(exc)), cmd
         except (ValueError, TypeError) as exc:
             return protocol.error_reply(request.id, "bad_request", f"{cmd}: {exc}"), cmd
         except Exception as exc:  # the boundary: a handler bug becomes an error reply

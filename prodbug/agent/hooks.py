@@ -1,0 +1,240 @@
+"""Making a chosen thread stop at its next line, or at FILE:LINE, and undoing it all.
+
+* Python 3.12+: ``sys.monitoring`` LINE events, local to the code objects concerned (the
+  target thread's stack, or the code holding FILE:LINE), under a tool id of our own.
+  Other threads running that code pay one callback per line, only until the hit; the
+  events are cleared and the tool id freed the moment it fires or the session ends.
+* Python 3.10/3.11 have no way to hook a thread that is already running (short of
+  swapping thread states through ctypes, which we refuse to do inside a production
+  process). ``--break`` there uses ``threading.settrace`` and so catches threads started
+  after the session began (e.g. a threaded server's per-request threads); each such thread
+  drops the hook at its next call once the session is over. ``--thread`` is refused.
+
+``on_hit(frame)`` runs in the thread that hit, and returns the trace function that thread
+should keep (pdb's), or None.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from types import CodeType, FrameType, FunctionType, ModuleType
+from typing import Any
+
+__all__ = ["Hook", "arm_break", "arm_thread", "find_code", "monitoring_available"]
+
+OnHit = Callable[[FrameType], Any]
+_TOOL_IDS = (4, 3)  # unassigned by CPython (0 debugger, 1 coverage, 2 profiler, 5 optimizer)
+
+
+def monitoring_available() -> bool:
+    return hasattr(sys, "monitoring")
+
+
+class Hook:
+    """An armed stop; ``remove()`` undoes it (idempotent, any thread)."""
+
+    def __init__(self, condition: str | None, on_hit: OnHit) -> None:
+        self.condition = condition
+        self.on_hit = on_hit
+        self.fired = False
+        self.condition_error: str | None = None
+        self._lock = threading.Lock()
+
+    def _claim(self, frame: FrameType) -> bool:
+        if self.condition:
+            try:
+                if not eval(self.condition, frame.f_globals, frame.f_locals):  # noqa: S307
+                    return False
+            except Exception as exc:  # the operator's expression: report, do not stop
+                self.condition_error = f"--condition raised {type(exc).__name__}: {exc}"
+                return False
+        with self._lock:
+            if self.fired:
+                return False
+            self.fired = True
+        return True
+
+    def remove(self) -> None:
+        with self._lock:
+            self.fired = True
+        self._unhook()
+
+    def _unhook(self) -> None:
+        raise NotImplementedError
+
+
+class _MonitoringHook(Hook):
+    def __init__(self, codes: list[CodeType], line: int | None, thread: int | None,
+                 condition: str | None, on_hit: OnHit) -> None:
+        super().__init__(condition, on_hit)
+        mon: Any = getattr(sys, "monitoring")  # noqa: B009 (3.12+ only; mypy targets 3.10)
+        self._codes = codes
+        self._line = line
+        self._thread = thread
+        self._tool: int | None = None
+        for tool in _TOOL_IDS:
+            try:
+                mon.use_tool_id(tool, "prodbug")
+            except ValueError:
+                continue
+            self._tool = tool
+            break
+        if self._tool is None:
+            raise RuntimeError("every sys.monitoring tool id prodbug may use is taken")
+        mon.register_callback(self._tool, mon.events.LINE, self._on_line)
+        for code in codes:
+            mon.set_local_events(self._tool, code, mon.events.LINE)
+
+    def _on_line(self, code: CodeType, line: int) -> Any:
+        if self.fired or (self._line is not None and line != self._line):
+            return None
+        if self._thread is not None and threading.get_ident() != self._thread:
+            return None
+        frame = sys._getframe(1)
+        if frame.f_code is not code or sys.gettrace() is not None:
+            return None  # another tracer owns this thread: never fight it
+        if not self._claim(frame):
+            return None
+        self._unhook()
+        self.on_hit(frame)
+        return None
+
+    def _unhook(self) -> None:
+        tool, self._tool = self._tool, None
+        if tool is None:
+            return
+        mon: Any = getattr(sys, "monitoring")  # noqa: B009 (3.12+ only; mypy targets 3.10)
+        for code in self._codes:
+            mon.set_local_events(tool, code, 0)
+        mon.register_callback(tool, mon.events.LINE, None)
+        mon.free_tool_id(tool)
+
+
+class _SettraceHook(Hook):
+    """3.10/3.11: catches the line in threads started after arming."""
+
+    def __init__(self, codes: list[CodeType], line: int, condition: str | None,
+                 on_hit: OnHit) -> None:
+        super().__init__(condition, on_hit)
+        if threading.gettrace() is not None:
+            raise RuntimeError("another tracer is installed with threading.settrace; "
+                               "prodbug will not replace it")
+        self._codes = set(codes)
+        self._line = line
+        self._active = True
+        threading.settrace(self._global)
+
+    def _global(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if not self._active:
+            sys.settrace(None)  # session over: this thread drops the hook by itself
+            return None
+        if event == "call" and frame.f_code in self._codes:
+            return self._local
+        return None
+
+    def _local(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if not self._active:
+            return None
+        if event == "line" and frame.f_lineno == self._line and self._claim(frame):
+            self._unhook()
+            return self.on_hit(frame)
+        return self._local
+
+    def _unhook(self) -> None:
+        self._active = False
+        if threading.gettrace() == self._global:
+            threading.settrace(None)  # type: ignore[arg-type,unused-ignore]
+
+
+def arm_thread(frame: FrameType, thread: int, on_hit: OnHit) -> Hook:
+    """Stop thread ``thread`` (whose innermost frame is ``frame``) at its next line."""
+    if not monitoring_available():
+        raise NotImplementedError(
+            f"stopping a running thread needs Python 3.12+ (sys.monitoring); this process "
+            f"runs {sys.version.split()[0]}. Use --break FILE:LINE (threads started from "
+            f"now on), --inspect THREAD or --post-mortem")
+    codes = []
+    walk: FrameType | None = frame
+    while walk is not None:
+        if walk.f_code not in codes:
+            codes.append(walk.f_code)
+        walk = walk.f_back
+    return _MonitoringHook(codes, None, thread, None, on_hit)
+
+
+def arm_break(codes: list[CodeType], line: int, condition: str | None, on_hit: OnHit) -> Hook:
+    """Stop the first thread to reach ``line`` of ``codes``."""
+    if monitoring_available():
+        return _MonitoringHook(codes, line, None, condition, on_hit)
+    return _SettraceHook(codes, line, condition, on_hit)
+
+
+# -- finding the code for FILE:LINE ---------------------------------------------------------
+
+def _nested(code: CodeType) -> Iterator[CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            yield from _nested(const)
+
+
+def _codes_of(obj: Any, seen: set[int], depth: int = 0) -> Iterator[CodeType]:
+    if id(obj) in seen or depth > 4:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, FunctionType):
+        yield from _nested(obj.__code__)
+        wrapped = obj.__dict__.get("__wrapped__")
+        if wrapped is not None:
+            yield from _codes_of(wrapped, seen, depth + 1)
+    elif isinstance(obj, (staticmethod, classmethod)):
+        yield from _codes_of(obj.__func__, seen, depth + 1)
+    elif isinstance(obj, property):
+        for part in (obj.fget, obj.fset, obj.fdel):
+            if part is not None:
+                yield from _codes_of(part, seen, depth + 1)
+    elif isinstance(obj, type):
+        for value in list(vars(obj).values()):
+            yield from _codes_of(value, seen, depth + 1)
+
+
+def _same_file(filename: str, wanted: str) -> bool:
+    if os.path.isabs(wanted):
+        return os.path.realpath(filename) == os.path.realpath(wanted)
+    return filename == wanted or filename.endswith(os.sep + wanted.lstrip("./"))
+
+
+def find_code(filename: str, line: int) -> list[CodeType]:
+    """Code objects whose lines include ``filename:line``, from loaded modules.
+
+    Raises LookupError with a message that says what was found instead.
+    """
+    matched_file = False
+    found: list[CodeType] = []
+    seen: set[int] = set()
+    for module in list(sys.modules.values()):
+        if not isinstance(module, ModuleType):
+            continue
+        path = module.__dict__.get("__file__")
+        if not isinstance(path, str) or not _same_file(path, filename):
+            continue
+        matched_file = True
+        for value in list(vars(module).values()):
+            if getattr(value, "__module__", module.__name__) != module.__name__ and \
+                    not isinstance(value, FunctionType):
+                continue
+            for code in _codes_of(value, seen):
+                if not _same_file(code.co_filename, filename) or code in found:
+                    continue
+                if any(ln == line for _, _, ln in code.co_lines()):
+                    found.append(code)
+    if found:
+        return found
+    if not matched_file:
+        raise LookupError(f"no loaded module comes from {filename}; give the path as the "
+                          f"service sees it (see prodbug stacks for file names)")
+    raise LookupError(f"no function in {filename} has code on line {line} (module-level code "
+                      f"has already run; blank, comment and 'def' lines have no code)")

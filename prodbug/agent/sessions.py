@@ -1,0 +1,323 @@
+"""pdb sessions inside the agent: one per process, relayed over the guarded channel.
+
+pdb runs in the thread being debugged (``--thread``, ``--break``) or in a session thread
+of its own (``--inspect``, ``--post-mortem``), with a stdin/stdout of our own: output is
+queued for the agent thread, which owns the sockets and sends it to the operator; input
+lines arrive from the agent thread through a queue. No socket, port or file is opened,
+and the host's ``sys.stdout``/``sys.stderr`` are never touched.
+
+A session never outlives its operator. The CLI pings every second; after
+``heartbeat`` seconds of silence (CLI killed, network gone), after ``idle`` seconds
+without input, or on ``q``/``quit``/``c``/Ctrl-D, the session ends by *continuing*:
+breakpoints cleared, tracing off, hooks removed. ``BdbQuit`` is never raised into the
+host's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import pdb
+import queue
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType, TracebackType
+from typing import Any
+
+from prodbug.agent import hooks, postmortem
+from prodbug.errors import ProdbugError
+
+__all__ = ["DETACH", "PdbSession", "SessionError", "open_session"]
+
+_log = logging.getLogger("prodbug.agent")
+DETACH = "\x00prodbug-detach"
+_MAX_OUTPUT = 4 << 20  # queued for a slow operator; more is dropped with a note
+_STEPPING = ("step", "s", "next", "n", "until", "unt", "return", "r", "jump", "j")
+_REFUSED = {
+    "interact": "'interact' would read the service's own stdin; use '!' statements instead",
+    "debug": "a nested debugger is not available over prodbug",
+    "run": "restarting the program is not possible in a live service",
+    "restart": "restarting the program is not possible in a live service",
+}
+
+
+class SessionError(ProdbugError):
+    """A session cannot be opened; ``code`` is the protocol error code."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _IO:
+    """pdb's stdin and stdout."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, session: PdbSession) -> None:
+        self._session = session
+
+    def write(self, text: str) -> int:
+        self._session.output(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def readline(self) -> str:
+        return self._session.read_line()
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _AgentPdb(pdb.Pdb):
+    """pdb that detaches (continues) instead of quitting, and refuses what cannot work."""
+
+    def __init__(self, session: PdbSession, *, stepping: bool) -> None:
+        io = _IO(session)
+        super().__init__(stdin=io, stdout=io, nosigint=True, readrc=False)  # type: ignore[arg-type]
+        self.use_rawinput = False
+        self.prompt = "(Pdb) "
+        self.session = session
+        self.stepping = stepping
+        session.prompt = self.prompt
+
+    def onecmd(self, line: str) -> bool:
+        word = line.strip().split(" ", 1)[0] if line.strip() else ""
+        if line == DETACH or word in ("q", "quit", "exit", "EOF", "c", "cont", "continue"):
+            self._detach()
+            return True
+        if word in _REFUSED:
+            self.error(_REFUSED[word])
+            return False
+        if word in _STEPPING and not self.stepping:
+            self.error("this session only looks (the thread keeps running): no stepping; "
+                       "'q' ends it")
+            return False
+        return bool(super().onecmd(line))
+
+    def _detach(self) -> None:
+        self.clear_all_breaks()
+        if self.stepping:
+            self.set_continue()  # no breakpoints: settrace(None), f_trace cleared
+        self.session.end("detached: the thread goes on")
+
+
+class PdbSession:
+    """One operator's pdb session in this process."""
+
+    def __init__(self, key_name: str, mode: str, notify: Callable[[], None],
+                 heartbeat: float, idle: float) -> None:
+        self.id = secrets.token_hex(6)
+        self.key_name = key_name
+        self.mode = mode
+        self.opened_at = time.time()
+        self.heartbeat = heartbeat
+        self.idle = idle
+        self.state = "waiting"
+        self.reason = ""
+        self.prompt = "(Pdb) "
+        self.hook: hooks.Hook | None = None
+        self.stopped_thread: str | None = None
+        self._notify = notify
+        self._inbox: queue.Queue[str] = queue.Queue()
+        self._out: list[str] = []
+        self._out_size = 0
+        self._prompt_pending = False
+        self._lock = threading.Lock()
+        self.ended = threading.Event()
+        self.last_seen = self.last_input = time.monotonic()
+
+    # -- the debugged (or session) thread's side ----------------------------------------------
+
+    def output(self, text: str) -> None:
+        with self._lock:
+            if self._out_size > _MAX_OUTPUT:
+                return
+            self._out.append(text)
+            self._out_size += len(text)
+            if self._out_size > _MAX_OUTPUT:
+                self._out.append("\n*** output cut: the operator is not reading ***\n")
+        self._notify()
+
+    def read_line(self) -> str:
+        with self._lock:
+            self._prompt_pending = True
+        self._notify()
+        while not self.ended.is_set():
+            try:
+                line = self._inbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.last_input = time.monotonic()
+            return line if line.endswith("\n") else line + "\n"
+        return DETACH
+
+    # -- the agent thread's side ---------------------------------------------------------------
+
+    def take_output(self) -> tuple[str, str | None]:
+        """Queued output and, if pdb waits for a line, its prompt (cut from the output)."""
+        with self._lock:
+            text = "".join(self._out)
+            self._out.clear()
+            self._out_size = 0
+            prompt = None
+            if self._prompt_pending:
+                self._prompt_pending = False
+                prompt = self.prompt
+                if text.endswith(prompt):
+                    text = text[: -len(prompt)]
+        return text, prompt
+
+    def feed(self, line: str) -> None:
+        self.last_seen = time.monotonic()
+        self._inbox.put(line)
+
+    def check_timeouts(self, now: float) -> None:
+        if self.ended.is_set():
+            return
+        if now - self.last_seen > self.heartbeat:
+            self.end(f"the operator is gone (no heartbeat for {self.heartbeat:g}s): "
+                     f"the thread goes on")
+        elif self.state == "stopped" and now - self.last_input > self.idle:
+            self.end(f"idle for {self.idle:g}s: the thread goes on")
+
+    def end(self, reason: str) -> None:
+        """End the session from any thread; a stopped thread continues on its own."""
+        if self.ended.is_set():
+            return
+        self.reason = reason
+        self.state = "ended"
+        self.ended.set()
+        hook = self.hook
+        if hook is not None:
+            hook.remove()
+        self._notify()
+
+    def facts(self) -> dict[str, Any]:
+        return {"session": self.id, "mode": self.mode, "key": self.key_name,
+                "opened_at": self.opened_at, "state": self.state,
+                "thread": self.stopped_thread}
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def on_hit(self, frame: FrameType) -> Any:
+        """In the thread that hit: run pdb there until the operator lets it go."""
+        if self.ended.is_set():
+            return None
+        self.state = "stopped"
+        self.stopped_thread = threading.current_thread().name
+        self.last_input = time.monotonic()
+        self.output(f"> stopped thread {self.stopped_thread!r} "
+                    f"(ident {threading.get_ident()}); 'c', 'q' or Ctrl-D let it go on\n")
+        debugger = _AgentPdb(self, stepping=True)
+        try:
+            debugger.set_trace(frame)
+            debugger.interaction(frame, None)
+        except Exception:  # never let the debugger's failure reach the host's thread
+            _log.warning("pdb session failed; the thread goes on", exc_info=True)
+            debugger.clear_all_breaks()
+            debugger.set_continue()
+            self.end("the debugger failed (see the agent's log): the thread goes on")
+            return None
+        if self.ended.is_set():
+            sys.settrace(None)
+            return None
+        return debugger.trace_dispatch
+
+    def run_looking(self, frame: FrameType | None, tb: TracebackType | None) -> None:
+        """``--inspect`` / ``--post-mortem``: pdb in a session thread; nothing stops."""
+        self.state = "stopped"
+        debugger = _AgentPdb(self, stepping=False)
+        try:
+            debugger.reset()
+            debugger.interaction(frame, tb)
+        except Exception:
+            _log.warning("pdb session failed", exc_info=True)
+        finally:
+            self.end("session closed")
+
+
+def _find_thread(spec: str, agent_ident: int | None) -> threading.Thread:
+    for thread in threading.enumerate():
+        if spec in (thread.name, str(thread.ident), str(thread.native_id)):
+            if thread.ident == agent_ident:
+                raise SessionError("that is the prodbug agent's own thread", "not_found")
+            return thread
+    names = ", ".join(sorted(repr(t.name) for t in threading.enumerate()
+                             if t.ident != agent_ident))
+    raise SessionError(f"no thread named or numbered {spec!r}; threads: {names}", "not_found")
+
+
+def _arm_break(session: PdbSession, args: dict[str, Any]) -> None:
+    filename, line = args.get("file"), args.get("line")
+    if not isinstance(filename, str) or not isinstance(line, int):
+        raise ValueError("break needs file (string) and line (integer)")
+    condition = args.get("condition")
+    if condition is not None:
+        if not isinstance(condition, str):
+            raise ValueError("condition must be a string")
+        try:
+            compile(condition, "<condition>", "eval")
+        except SyntaxError as exc:
+            raise ValueError(f"condition is not a Python expression: {exc.msg}") from None
+    try:
+        codes = hooks.find_code(filename, line)
+    except LookupError as exc:
+        raise SessionError(str(exc), "not_found") from None
+    try:
+        session.hook = hooks.arm_break(codes, line, condition, session.on_hit)
+    except RuntimeError as exc:
+        raise SessionError(str(exc), "busy") from None
+    where = "" if hooks.monitoring_available() else \
+        " (Python < 3.12: in threads started from now on)"
+    session.output(f"breakpoint set at {filename}:{line}{where}; waiting for a thread "
+                   f"to reach it\n")
+
+
+def open_session(args: dict[str, Any], key_name: str, agent_ident: int | None,
+                 notify: Callable[[], None], *, heartbeat: float, idle: float) -> PdbSession:
+    """Start a session as ``args`` asks (``mode``: thread, break, inspect, post_mortem)."""
+    mode = args.get("mode")
+    session = PdbSession(key_name, str(mode), notify, heartbeat, idle)
+    if mode == "thread":
+        thread = _find_thread(str(args.get("thread", "")), agent_ident)
+        frame = sys._current_frames().get(thread.ident or 0)
+        if frame is None:
+            raise SessionError(f"thread {thread.name!r} has no Python frames", "not_found")
+        try:
+            session.hook = hooks.arm_thread(frame, thread.ident or 0, session.on_hit)
+        except NotImplementedError as exc:
+            raise SessionError(str(exc), "unsupported") from None
+        session.stopped_thread = thread.name
+        session.output(f"waiting for thread {thread.name!r} to run its next line of Python\n")
+    elif mode == "break":
+        _arm_break(session, args)
+    elif mode == "inspect":
+        thread = _find_thread(str(args.get("thread", "")), agent_ident)
+        frame = sys._current_frames().get(thread.ident or 0)
+        session.stopped_thread = thread.name
+        session.output(f"looking at thread {thread.name!r} without stopping it: values are "
+                       f"live and may change between commands\n")
+        _spawn(session, frame, None)
+    elif mode == "post_mortem":
+        captured = postmortem.last()
+        if captured is None:
+            raise SessionError("no unhandled exception since the agent started", "not_found")
+        when = time.strftime("%H:%M:%S", time.localtime(captured.time))
+        session.stopped_thread = captured.thread
+        session.output(f"post-mortem of {type(captured.exc).__name__}: {captured.exc} "
+                       f"(thread {captured.thread!r}, {when})\n")
+        _spawn(session, None, captured.tb)
+    else:
+        raise ValueError("mode must be thread, break, inspect or post_mortem")
+    return session
+
+
+def _spawn(session: PdbSession, frame: FrameType | None, tb: TracebackType | None) -> None:
+    threading.Thread(target=session.run_looking, args=(frame, tb), daemon=True,
+                     name=f"prodbug-pdb-{session.id}").start()

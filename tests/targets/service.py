@@ -1,0 +1,66 @@
+"""A small threaded service to debug with pdb.
+
+* ``worker``: a loop counting in ``i`` (written to $COUNTER_FILE), one step per 10 ms.
+* an HTTP server (``ThreadingHTTPServer``): ``GET /PATH`` answers 200 ``hello PATH``;
+  ``GET /crash`` starts a thread ``crasher`` that dies of ``ValueError('boom 42')``.
+Prints ``READY {"pid", "http", "tcp"}``; runs until stdin closes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import prodbug
+
+COUNTER = os.environ.get("COUNTER_FILE")
+
+
+def work() -> None:
+    i = 0
+    while True:
+        i += 1
+        if COUNTER:
+            with open(COUNTER + ".tmp", "w") as f:
+                f.write(str(i))
+            os.replace(COUNTER + ".tmp", COUNTER)
+        time.sleep(0.01)
+
+
+def crash(amount: int) -> None:
+    raise ValueError(f"boom {amount}")
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        path = self.path
+        if path == "/crash":
+            threading.Thread(target=crash, args=(42,), name="crasher").start()
+        body = f"hello {path}".encode()  # BREAK: the line after the request path is known
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def main() -> None:
+    threading.Thread(target=work, name="worker", daemon=True).start()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    agent = prodbug.start_agent()
+    host, port = server.server_address[:2]
+    print("READY " + json.dumps({"pid": os.getpid(), "http": f"http://{host}:{port}",
+                                 "tcp": agent.tcp_endpoint}), flush=True)
+    sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
