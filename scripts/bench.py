@@ -6,6 +6,8 @@
 3. The agent thread's CPU time and wake-ups over 10 s of idleness.
 4. The host's pure-Python loop throughput with the agent running vs without, alternated
    in one process.
+5. ``prodbug pdb``: time from the command to the prompt, and the host's loop speed after
+   the sessions vs before them (3.12+: ``--thread``; 3.10/3.11: ``--break`` in new threads).
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--sessions", type=int, default=5)
     opts = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pbbench-", dir="/tmp"))
     try:
@@ -181,9 +184,64 @@ def main() -> int:
         without, with_agent = statistics.median(loops["without"]), statistics.median(loops["with"])
         print(f"   without {without / 1e6:6.2f} M ops/s | with agent {with_agent / 1e6:6.2f} "
               f"M ops/s | ratio {with_agent / without:.3f}")
+        pdb_sessions(env, work, opts.sessions)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _rates(path: Path, since: float, until: float) -> list[float]:
+    out = []
+    for line in path.read_text().splitlines():
+        stamp, rate = line.split()
+        if since <= float(stamp) <= until:
+            out.append(float(rate))
+    return out
+
+
+def pdb_sessions(env: dict[str, str], work: Path, sessions: int) -> None:
+    import pexpect
+
+    spin = ROOT / "tests" / "targets" / "spin.py"
+    rate_file = work / "rate"
+    proc = subprocess.Popen([sys.executable, str(spin)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True,
+                            env={**env, "PRODBUG_LISTEN": "", "RATE_FILE": str(rate_file)})
+    assert proc.stdout is not None
+    pid = json.loads(proc.stdout.readline()[len("READY "):])["pid"]
+    if sys.version_info >= (3, 12):
+        how = ["--thread", "spin"]
+    else:
+        tick = next(n for n, t in enumerate(spin.read_text().splitlines(), 1)
+                    if "return 1 + 1" in t)
+        how = ["--break", f"spin.py:{tick}"]
+    print(f"\n5. prodbug pdb {' '.join(how)}: {sessions} sessions (prompt, p, c)")
+    try:
+        time.sleep(2.5)
+        before = _rates(rate_file, time.perf_counter() - 2.0, time.perf_counter())
+        to_prompt = []
+        for _ in range(sessions):
+            t0 = time.perf_counter()
+            child = pexpect.spawn(sys.executable, ["-m", "prodbug", "pdb", "--pid", str(pid),
+                                                   *how], env=env, encoding="utf-8", timeout=60)
+            child.expect(r"\(Pdb\) ")
+            to_prompt.append((time.perf_counter() - t0) * 1000)
+            child.sendline("p 1")
+            child.expect(r"\(Pdb\) ")
+            child.sendline("c")
+            child.expect(pexpect.EOF)
+            child.close()
+        start_after = time.perf_counter() + 0.5
+        time.sleep(2.5)
+        after = _rates(rate_file, start_after, time.perf_counter())
+    finally:
+        stop(proc)
+    ratio = statistics.median(after) / statistics.median(before)
+    print(f"   command to prompt: median {statistics.median(to_prompt):6.1f} ms "
+          f"(min {min(to_prompt):.1f}, max {max(to_prompt):.1f})")
+    print(f"   host loop after / before the sessions: {ratio:.3f} "
+          f"({statistics.median(after) / 1e6:.2f} vs {statistics.median(before) / 1e6:.2f} "
+          f"M it/s)")
 
 
 if __name__ == "__main__":

@@ -75,10 +75,16 @@ def test_protocol_document_has_examples() -> None:
     assert sum("ok" in e for e in examples) >= 4
 
 
-@pytest.mark.parametrize("example", _doc_examples(), ids=lambda e: str(e.get("cmd", e.get("ok"))))
+@pytest.mark.parametrize("example", _doc_examples(),
+                         ids=lambda e: str(e.get("cmd", e.get("event", e.get("ok")))))
 def test_every_document_example_decodes(example: dict[str, object]) -> None:
     data = json.dumps(example).encode()
-    if "cmd" in example:
+    if "event" in example:
+        event = protocol.decode_message(data)
+        assert isinstance(event, protocol.Event)
+        assert (event.kind, event.session) == (example["event"], example["session"])
+        assert protocol.decode_message(protocol.encode_event(event)) == event
+    elif "cmd" in example:
         if example["prodbug"] in protocol.SUPPORTED_VERSIONS:
             assert protocol.decode_request(data).cmd == example["cmd"]
             assert example["cmd"] in protocol.COMMANDS
