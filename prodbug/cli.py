@@ -120,6 +120,22 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="examine the last unhandled exception, from any thread")
     p.add_argument("--condition", metavar="EXPR",
                    help="with --break: stop only when EXPR is true in that frame")
+    p = add("vscode", "attach VS Code to the live process through the guarded port "
+                      "(debugpy; debugger role)")
+    _connection_args(p)
+    p.add_argument("--port", type=int, default=5678,
+                   help="local port VS Code attaches to (default: %(default)s)")
+    p.add_argument("--local-root", default="${workspaceFolder}",
+                   help="your checkout of the service's code (default: %(default)s)")
+    p.add_argument("--remote-root", help="where that code lives in the service "
+                   "(default: the process's working directory)")
+    p.add_argument("--just-my-code", action=argparse.BooleanOptionalAction, default=True,
+                   help="step only through your code (default: yes)")
+    p.add_argument("--yes", action="store_true",
+                   help="start debugpy even where it slows the process (Python <= 3.11)")
+    p.add_argument("--write-launch-json", nargs="?", const=".vscode/launch.json",
+                   metavar="PATH", help="merge the attach configuration into launch.json "
+                   "(default PATH: .vscode/launch.json)")
     p = add("ps", "list the agents running on this host (for this user, or all for root)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -272,6 +288,27 @@ def _cmd_pdb(args: argparse.Namespace) -> int:
         return run_pdb(client, open_args)
 
 
+def _cmd_vscode(args: argparse.Namespace) -> int:
+    import secrets
+
+    from prodbug.client import Client
+    from prodbug.target import resolve_target
+    from prodbug.vscode import run_vscode
+
+    if not 0 <= args.port < 65536:
+        raise ConfigError(f"--port {args.port} is out of range")
+    target = resolve_target(args.target, args.pid)
+    credentials = _credentials(args) if target.is_tcp else None
+    label = f"pid {target.pid}" if target.pid else target.endpoint.removeprefix("tcp://")
+    with Client(target.endpoint, credentials, timeout=args.timeout,
+                routing_id=b"dap-" + secrets.token_bytes(8)) as client:
+        return run_vscode(client, port=args.port, local_root=args.local_root,
+                          remote_root=args.remote_root, just_my_code=args.just_my_code,
+                          yes=args.yes, label=label,
+                          launch_json=Path(args.write_launch_json)
+                          if args.write_launch_json else None)
+
+
 def _cmd_ps(args: argparse.Namespace) -> int:
     from prodbug import registry
     from prodbug.render import render_ps
@@ -285,7 +322,7 @@ def _cmd_ps(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"keygen": _cmd_keygen, "info": _cmd_info, "stacks": _cmd_stacks,
-             "audit": _cmd_audit, "ps": _cmd_ps, "pdb": _cmd_pdb}
+             "audit": _cmd_audit, "ps": _cmd_ps, "pdb": _cmd_pdb, "vscode": _cmd_vscode}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -77,6 +77,11 @@ class Client:
         self._handshaken = False
         self._sock.connect(endpoint)
 
+    @property
+    def socket(self) -> zmq.Socket[bytes]:
+        """The DEALER socket, for callers that poll it with other sockets."""
+        return self._sock
+
     def __enter__(self) -> Client:
         return self
 

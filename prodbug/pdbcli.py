@@ -14,11 +14,14 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import zmq
 
 from prodbug import protocol
 from prodbug.client import Client
@@ -30,18 +33,40 @@ _HISTORY = Path("~/.prodbug_history")
 
 
 class _Relay(threading.Thread):
-    def __init__(self, client: Client, session: str, heartbeat: float) -> None:
+    """Owns the socket. It also sees Ctrl-C first: a SIGINT that lands while the main
+    thread is inside readline may not interrupt it until the next key, so the signal's
+    wake-up byte (``signal.set_wakeup_fd``) makes this thread close the session at once,
+    and whenever the session ends while the main thread waits at the prompt, this thread
+    interrupts it."""
+
+    def __init__(self, client: Client, session: str, heartbeat: float, wakeup: int) -> None:
         super().__init__(name="prodbug-relay", daemon=True)
         self.client = client
         self.session = session
+        self.wakeup = wakeup
         self.lost_after = max(2 * heartbeat, 10.0)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.done = threading.Event()
+        self.at_prompt = False
+        self.interrupted = False  # the operator pressed Ctrl-C
+        self.over = False  # the session ended, or the agent is lost
+
+    def _close_session(self) -> None:
+        self.client.send_request("session.close", {"session": self.session})
+
+    def _finish(self, kind: str, data: Any) -> None:
+        self.over = True
+        self.events.put((kind, data))
+        if self.at_prompt:  # get the main thread out of readline
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     def run(self) -> None:
         last_ping = 0.0
         last_heard = time.monotonic()
+        poller = zmq.Poller()
+        poller.register(self.client.socket, zmq.POLLIN)
+        poller.register(self.wakeup, zmq.POLLIN)
         try:
             while not self.done.is_set():
                 now = time.monotonic()
@@ -54,24 +79,36 @@ class _Relay(threading.Thread):
                     except queue.Empty:
                         break
                     if line is None:
-                        self.client.send_request("session.close", {"session": self.session})
+                        self._close_session()
                     else:
                         self.client.send_request("session.input",
                                                  {"session": self.session, "data": line})
-                message = self.client.poll_message(0.1)
+                ready = dict(poller.poll(100))
+                if self.wakeup in ready:
+                    signals = os.read(self.wakeup, 64)
+                    if signal.SIGINT in signals and not self.interrupted and not self.over:
+                        self.interrupted = True
+                        self._close_session()
+                message = self.client.poll_message(0)
                 if message is None:
                     if time.monotonic() - last_heard > self.lost_after:
-                        self.events.put(("lost", f"no answer from the agent for "
-                                                 f"{self.lost_after:g}s"))
+                        self._finish("lost", f"no answer from the agent for "
+                                             f"{self.lost_after:g}s")
                         return
                     continue
                 last_heard = time.monotonic()
                 if isinstance(message, protocol.Event):
-                    self.events.put((message.kind, message.data))
+                    if message.kind == "state" and message.data.get("state") == "ended":
+                        self._finish(message.kind, message.data)
+                    else:
+                        self.events.put((message.kind, message.data))
                 elif message.error is not None:
-                    self.events.put(("error", message.error))
+                    if message.error.code == "not_found":
+                        self._finish("error", message.error)
+                    else:
+                        self.events.put(("error", message.error))
         except Exception as exc:  # the socket failed under us: tell the main thread
-            self.events.put(("lost", str(exc)))
+            self._finish("lost", str(exc))
 
 
 def _readline_setup() -> None:
@@ -95,6 +132,18 @@ def _readline_setup() -> None:
 
 def run_pdb(client: Client, open_args: dict[str, Any]) -> int:
     """Open the session, relay the terminal until it ends; returns the exit code."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    previous = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    try:
+        return _run(client, open_args, wake_r)
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _run(client: Client, open_args: dict[str, Any], wakeup: int) -> int:
     opened = client.request("pdb.open", open_args)
     session = str(opened["session"])
     print(f"prodbug: pdb session {session} "
@@ -102,54 +151,87 @@ def run_pdb(client: Client, open_args: dict[str, Any]) -> int:
           f"{opened.get('heartbeat', 5):g}s after this terminal goes away", file=sys.stderr)
     if sys.stdin.isatty():
         _readline_setup()
-    relay = _Relay(client, session, float(opened.get("heartbeat", 5)))
+    relay = _Relay(client, session, float(opened.get("heartbeat", 5)), wakeup)
     relay.start()
-    detaching = False
     try:
         while True:
             try:
-                kind, data = relay.events.get(timeout=0.2)
-            except queue.Empty:
-                continue
+                kind, data = _next_event(relay)
+            except KeyboardInterrupt:
+                if relay.over or relay.interrupted:
+                    kind, data = _drain_end(relay)
+                else:
+                    raise
             if kind == "output":
                 sys.stdout.write(data.get("text") or "")
                 sys.stdout.flush()
                 prompt = data.get("prompt")
-                if prompt is not None and not detaching:
-                    relay.lines.put(_ask(prompt))
-            elif kind == "state" and data.get("state") == "ended":
-                print(f"prodbug: session ended: {data.get('reason', '')}", file=sys.stderr)
-                return 0
-            elif kind == "error":
-                if data.code == "not_found":
-                    print("prodbug: the session is gone (the agent ended it)", file=sys.stderr)
-                    return 0
-                raise RemoteError(data.message, data.code)
-            elif kind == "lost":
-                raise TargetUnreachable(f"lost the agent: {data}; it lets the thread go on by "
-                                        f"itself when this terminal's heartbeats stop")
+                if prompt is not None and not relay.over:
+                    line = _ask(prompt, relay)
+                    if line is not None:
+                        relay.lines.put(line)
+            elif kind in ("state", "error", "lost"):
+                return _ended(kind, data, relay.interrupted)
     except KeyboardInterrupt:
-        detaching = True
-        print("\nprodbug: Ctrl-C: letting the thread go on and detaching", file=sys.stderr)
-        relay.lines.put(None)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                kind, data = relay.events.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if kind in ("state", "lost") or kind == "error":
-                break
-        return 130
+        if relay.over and not relay.interrupted:  # the relay woke us: the session ended
+            return _ended(*_drain_end(relay), interrupted=False)
+        if not relay.interrupted:
+            relay.interrupted = True
+            relay.lines.put(None)
+        return _ended(*_drain_end(relay), interrupted=True)
     finally:
         relay.done.set()
         relay.join(2)
 
 
-def _ask(prompt: str) -> str:
-    """One line from the operator; Ctrl-D becomes pdb's EOF (detach)."""
+def _next_event(relay: _Relay) -> tuple[str, Any]:
+    while True:
+        try:
+            return relay.events.get(timeout=0.2)
+        except queue.Empty:
+            continue
+
+
+def _drain_end(relay: _Relay) -> tuple[str, Any]:
+    """After Ctrl-C or an ending: the ending event (waiting up to 5 s for it)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            kind, data = relay.events.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        except KeyboardInterrupt:
+            continue
+        if kind in ("state", "error", "lost"):
+            return kind, data
+    return "lost", "the agent did not confirm the end within 5s"
+
+
+def _ended(kind: str, data: Any, interrupted: bool) -> int:
+    if interrupted:
+        print("\nprodbug: Ctrl-C: the thread goes on; detached", file=sys.stderr)
+    if kind == "state":
+        print(f"prodbug: session ended: {data.get('reason', '')}", file=sys.stderr)
+        return 130 if interrupted else 0
+    if kind == "error":
+        if data.code == "not_found":
+            print("prodbug: the session is gone (the agent ended it)", file=sys.stderr)
+            return 130 if interrupted else 0
+        raise RemoteError(data.message, data.code)
+    raise TargetUnreachable(f"lost the agent: {data}; it lets the thread go on by itself "
+                            f"when this terminal's heartbeats stop")
+
+
+def _ask(prompt: str, relay: _Relay) -> str | None:
+    """One line from the operator; Ctrl-D becomes pdb's EOF (detach). None when the
+    session ended (or Ctrl-C was pressed) while waiting: the caller drains the end."""
+    relay.at_prompt = True
     try:
+        if relay.over:  # ended just before we got here: do not wait for a key
+            raise KeyboardInterrupt
         return input(prompt)
     except EOFError:
         sys.stdout.write(os.linesep)
         return "EOF"
+    finally:
+        relay.at_prompt = False

@@ -57,6 +57,10 @@ COMMANDS: Final[dict[str, str]] = {
     "session.input": "debugger",
     "session.ping": "debugger",
     "session.close": "debugger",
+    "dap.open": "debugger",
+    "dap.connect": "debugger",
+    "dap.send": "debugger",
+    "dap.disconnect": "debugger",
 }
 
 ERROR_CODES: Final[dict[str, str]] = {
@@ -68,6 +72,8 @@ ERROR_CODES: Final[dict[str, str]] = {
     "busy": "another debugger session is open in this process",
     "unsupported": "this Python cannot do that (the message names the version needed)",
     "not_found": "no such thread, file, line or session",
+    "confirm_needed": "the command slows the whole process down; ask again with confirm",
+    "not_ready": "debugpy is still starting (or failed to start); the message says which",
 }
 
 

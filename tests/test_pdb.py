@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import sys
@@ -31,17 +32,22 @@ def service(spawn, base_env: dict[str, str], tmp_path: Path) -> Target:
 
 
 @pytest.fixture
-def cli(base_env: dict[str, str]) -> Iterator[Callable[..., pexpect.spawn]]:
+def cli(base_env: dict[str, str],
+        request: pytest.FixtureRequest) -> Iterator[Callable[..., pexpect.spawn]]:
     started: list[pexpect.spawn] = []
 
     def start(*args: str) -> pexpect.spawn:
         child = pexpect.spawn(sys.executable, ["-m", "prodbug", *args], env=base_env,
                               encoding="utf-8", timeout=60)
+        child.logfile_read = io.StringIO()
         started.append(child)
         return child
 
     yield start
+    failed = getattr(request.node, "rep_call", None)
     for child in started:
+        if failed is not None and failed.failed:
+            sys.stderr.write(f"--- terminal of {child.args}:\n{child.logfile_read.getvalue()}\n")
         if child.isalive():
             child.terminate(force=True)
         child.close()
@@ -147,12 +153,25 @@ def test_operator_leaving_lets_the_request_finish(service: Target, cli, how: str
     assert second.result == (200, "hello /again")
 
 
+def test_idle_session_ends_and_the_cli_leaves_the_prompt(spawn, base_env, cli,
+                                                          tmp_path: Path) -> None:
+    target = spawn("service", env={**base_env, "PRODBUG_SESSION_IDLE": "1",
+                                   "COUNTER_FILE": str(tmp_path / "counter")})
+    child, request = _break(cli, target, "/idle")
+    child.expect("idle for 1s: the thread goes on")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    request.join(60)
+    assert request.result == (200, "hello /idle")
+
+
 def test_one_session_at_a_time(service: Target, cli, base_env) -> None:
     first = cli("pdb", "--pid", str(service.pid), "--inspect", "worker")
     first.expect(PROMPT)
     busy = run_cli("pdb", "--pid", str(service.pid), "--inspect", "worker", env=base_env)
     assert busy.returncode == 1
-    assert "busy: session opened by local:uid" in busy.stderr
+    assert "busy: inspect session opened by local:uid" in busy.stderr
     first.sendline("q")
     first.expect(pexpect.EOF)
 

@@ -27,6 +27,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from prodbug.agent import hooks, postmortem
+from prodbug.agent.dap import untraced
 from prodbug.errors import ProdbugError
 
 __all__ = ["DETACH", "PdbSession", "SessionError", "open_session"]
@@ -319,5 +320,5 @@ def open_session(args: dict[str, Any], key_name: str, agent_ident: int | None,
 
 
 def _spawn(session: PdbSession, frame: FrameType | None, tb: TracebackType | None) -> None:
-    threading.Thread(target=session.run_looking, args=(frame, tb), daemon=True,
-                     name=f"prodbug-pdb-{session.id}").start()
+    untraced(threading.Thread(target=session.run_looking, args=(frame, tb), daemon=True,
+                              name=f"prodbug-pdb-{session.id}")).start()

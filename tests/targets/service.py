@@ -9,6 +9,7 @@ Prints ``READY {"pid", "http", "tcp"}``; runs until stdin closes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -51,14 +52,18 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
+    # The agent never prints; this service shows its warnings, for the tests' diagnostics.
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     threading.Thread(target=work, name="worker", daemon=True).start()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     agent = prodbug.start_agent()
     host, port = server.server_address[:2]
-    print("READY " + json.dumps({"pid": os.getpid(), "http": f"http://{host}:{port}",
-                                 "tcp": agent.tcp_endpoint}), flush=True)
+    # One write: the log lines of other threads must not land inside the READY line.
+    sys.stdout.write("READY " + json.dumps({"pid": os.getpid(), "http": f"http://{host}:{port}",
+                                            "tcp": agent.tcp_endpoint}) + "\n")
+    sys.stdout.flush()
     sys.stdin.read()
 
 

@@ -1,0 +1,178 @@
+"""`prodbug vscode`: a DAP client acting as VS Code, through the real CLI and agent."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import TARGETS, Target, run_cli, wait_for
+from dapclient import DapClient
+from test_pdb import _count, _Request, _still_counting
+
+SERVICE = str(TARGETS / "service.py")
+LINES = (TARGETS / "service.py").read_text().splitlines()
+WORK_LINE = next(n for n, t in enumerate(LINES, 1) if t.strip() == "i += 1")
+HANDLER_LINE = next(n for n, t in enumerate(LINES, 1) if "# BREAK" in t)
+
+
+class VscodeCli:
+    """``prodbug vscode`` running in the background, its stderr followed line by line."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "prodbug", "vscode", *args],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.err: list[str] = []
+        self.out: list[str] = []
+        for stream, sink in ((self.proc.stderr, self.err), (self.proc.stdout, self.out)):
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream: object, sink: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            sink.append(line)
+
+    def port(self) -> int:
+        def ready() -> bool:
+            return any("ready: attach VS Code" in line for line in self.err)
+        assert wait_for(ready, timeout=90), "".join(self.err)
+        line = next(line for line in self.err if "ready: attach VS Code" in line)
+        match = re.search(r"127\.0\.0\.1:(\d+)", line)
+        assert match is not None
+        return int(match[1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def service(spawn, base_env: dict[str, str], tmp_path: Path) -> Target:
+    env = {**base_env, "COUNTER_FILE": str(tmp_path / "counter"),
+           "PRODBUG_SESSION_HEARTBEAT": "2"}
+    target = spawn("service", env=env)
+    target.facts["counter"] = str(tmp_path / "counter")
+    return target
+
+
+@pytest.fixture
+def vscode(base_env: dict[str, str]) -> Iterator[type[VscodeCli]]:
+    started: list[VscodeCli] = []
+
+    def start(*args: str) -> VscodeCli:
+        cli = VscodeCli(base_env, *args)
+        started.append(cli)
+        return cli
+
+    yield start  # type: ignore[misc]
+    for cli in started:
+        cli.stop()
+
+
+def _stopped_in(dap: DapClient, function: str) -> tuple[int, dict[str, object]]:
+    stopped = dap.event("stopped")["body"]
+    thread = stopped["threadId"]
+    frames = dap.request("stackTrace", threadId=thread, startFrame=0, levels=20)["stackFrames"]
+    assert frames[0]["name"] == function, frames[0]
+    return thread, frames[0]
+
+
+def test_vscode_attach_break_inspect_continue_reattach(service: Target, vscode, base_env,
+                                                       tmp_path: Path) -> None:
+    launch = tmp_path / ".vscode" / "launch.json"
+    launch.parent.mkdir()
+    launch.write_text('{\n  // mine\n  "version": "0.2.0",\n  "configurations": [\n'
+                      '    {"name": "keep me", "type": "debugpy", "request": "launch"},\n  ]\n}\n')
+    cli = vscode("--pid", str(service.pid), "--port", "0", "--yes", "--remote-root", "/srv/app",
+                 "--write-launch-json", str(launch))
+    port = cli.port()
+    config = json.loads("".join(cli.out))
+    assert config["type"] == "debugpy" and config["request"] == "attach"
+    assert config["connect"] == {"host": "127.0.0.1", "port": port}
+    assert config["pathMappings"] == [{"localRoot": "${workspaceFolder}", "remoteRoot": "/srv/app"}]
+    merged = json.loads(launch.read_text())
+    assert [c["name"] for c in merged["configurations"]] == ["keep me", config["name"]]
+    assert "// mine" in (tmp_path / ".vscode" / "launch.json.bak").read_text()
+
+    dap = DapClient(port)
+    dap.attach({SERVICE: [WORK_LINE, HANDLER_LINE]})
+    thread, frame = _stopped_in(dap, "work")  # the worker was already running
+    assert frame["line"] == WORK_LINE
+    names = [t["name"] for t in dap.request("threads")["threads"]]
+    assert "worker" in names
+    scopes = dap.request("scopes", frameId=frame["id"])["scopes"]
+    local = next(s for s in scopes if s["name"].lower().startswith("locals"))
+    variables = {v["name"]: v for v in
+                 dap.request("variables", variablesReference=local["variablesReference"])[
+                     "variables"]}
+    i = int(variables["i"]["value"])
+    assert i > 0
+    assert dap.request("evaluate", expression="i * 2", frameId=frame["id"],
+                       context="repl")["result"] == str(i * 2)
+
+    dap.set_breakpoints(SERVICE, [HANDLER_LINE])  # let the worker run; keep the handler's
+    dap.request("continue", threadId=thread)
+    assert _still_counting(service)
+    request = _Request(service.facts["http"] + "/vscode")
+    request.start()
+    thread, frame = _stopped_in(dap, "do_GET")
+    assert dap.request("evaluate", expression="path", frameId=frame["id"],
+                       context="repl")["result"] == "'/vscode'"
+    dap.request("continue", threadId=thread)
+    request.join(60)
+    assert request.result == (200, "hello /vscode")
+    dap.request("disconnect", restart=False, terminateDebuggee=False)
+    dap.close()
+
+    again = DapClient(port)  # VS Code attaches again through the same prodbug vscode
+    again.attach({SERVICE: [WORK_LINE]})
+    thread, frame = _stopped_in(again, "work")
+    assert frame["line"] == WORK_LINE
+    again.request("continue", threadId=thread)
+    again.request("disconnect", restart=False, terminateDebuggee=False)
+    again.close()
+
+    info = json.loads(run_cli("info", "--pid", str(service.pid), "--json", env=base_env).stdout)
+    assert info["agent"]["debugpy"] == "ready" and info["agent"]["debugpy_since"] > 0
+    assert info["debug"]["debugpy_loaded"] is True
+
+
+def test_killing_the_cli_resumes_a_thread_stopped_at_a_breakpoint(service: Target,
+                                                                  vscode) -> None:
+    cli = vscode("--pid", str(service.pid), "--port", "0", "--yes")
+    dap = DapClient(cli.port())
+    dap.attach({SERVICE: [WORK_LINE]})
+    _stopped_in(dap, "work")
+    stopped_at = _count(service)
+    assert not wait_for(lambda: _count(service) > stopped_at + 5, timeout=1.0)  # it is stopped
+    cli.proc.send_signal(signal.SIGKILL)
+    assert _still_counting(service)  # the agent closed VS Code's side: debugpy resumed
+    dap.close()
+    # A later prodbug vscode reuses the adapter already listening.
+    second = vscode("--pid", str(service.pid), "--port", "0")
+    again = DapClient(second.port())
+    again.attach({})
+    assert "worker" in [t["name"] for t in again.request("threads")["threads"]]
+    again.request("disconnect", restart=False, terminateDebuggee=False)
+    again.close()
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12+ has no lasting cost")
+def test_slow_python_needs_confirmation(service: Target, base_env) -> None:
+    result = run_cli("vscode", "--pid", str(service.pid), "--port", "0", env=base_env,
+                     timeout=60)
+    assert result.returncode == 2
+    assert "several times slower" in result.stderr and "--yes" in result.stderr
+    info = json.loads(run_cli("info", "--pid", str(service.pid), "--json", env=base_env).stdout)
+    assert info["agent"]["debugpy"] == "off"
