@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -329,6 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see ``prodbug --help``)."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("pdb", "vscode"):
+        # A terminated session CLI (kill, a closed terminal) ends its session as Ctrl-C does.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        with contextlib.suppress(AttributeError):
+            signal.signal(signal.SIGHUP, signal.default_int_handler)
     try:
         return _COMMANDS[args.command](args)
     except ProdbugError as exc:

@@ -86,7 +86,8 @@ class _Relay(threading.Thread):
                 ready = dict(poller.poll(100))
                 if self.wakeup in ready:
                     signals = os.read(self.wakeup, 64)
-                    if signal.SIGINT in signals and not self.interrupted and not self.over:
+                    stopping = {signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", 0)}
+                    if stopping & set(signals) and not self.interrupted and not self.over:
                         self.interrupted = True
                         self._close_session()
                 message = self.client.poll_message(0)

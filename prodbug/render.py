@@ -252,7 +252,11 @@ def render_info(result: dict[str, Any], style: Style) -> str:
                    else "no C-level dump signal")
                   + f", hang dump {agent.get('hang_dump', 'off')}"
                   + (f" ({agent['hang_seconds']:g}s)" if agent.get("hang_seconds") else "")),
-        ("debuggers", ", ".join(loaded) or "none loaded"),
+        ("debuggers", (", ".join(loaded) or "none loaded")
+         + (f"; debugpy listening since "
+            f"{time.strftime('%H:%M:%S', time.localtime(float(agent['debugpy_since'])))}"
+            f" (adapter port {agent.get('debugpy_port')} on the service's loopback)"
+            if agent.get("debugpy_since") else "")),
         ("hooks", ", ".join(active + [f"sys.monitoring:{v}" for v in tools.values()]) or "none"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -264,17 +268,20 @@ def render_ps(entries: list[dict[str, Any]], style: Style) -> str:
     if not entries:
         return "no local agents\n"
     now = time.time()
-    rows = [("PID", "UPTIME", "ENDPOINT", "COMMAND")]
+    rows = [("PID", "UPTIME", "ENDPOINT", "DEBUGGER", "COMMAND")]
     for e in entries:
+        since = e.get("debugpy_since")
+        debugger = f"debugpy {format_duration(now - float(since))}" if since else "-"
         rows.append((
             str(e["pid"]),
             format_duration(now - float(e.get("started_at", now))),
             str(e.get("tcp_endpoint") or e.get("endpoint")),
+            debugger,
             _argv(e.get("argv", []))[:80],
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     out = []
     for n, row in enumerate(rows):
-        line = "  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
+        line = "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
         out.append(style.bold(line) if n == 0 else line)
     return "\n".join(out) + "\n"

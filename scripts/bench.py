@@ -8,6 +8,9 @@
    in one process.
 5. ``prodbug pdb``: time from the command to the prompt, and the host's loop speed after
    the sessions vs before them (3.12+: ``--thread``; 3.10/3.11: ``--break`` in new threads).
+6. ``prodbug vscode``: time from the command to the DAP ``initialized`` event (the first
+   attach starts debugpy; later ones reuse it), and the host's loop speed before, during
+   (attached, a breakpoint set on a line that never runs) and after.
 """
 
 from __future__ import annotations
@@ -185,9 +188,81 @@ def main() -> int:
         print(f"   without {without / 1e6:6.2f} M ops/s | with agent {with_agent / 1e6:6.2f} "
               f"M ops/s | ratio {with_agent / without:.3f}")
         pdb_sessions(env, work, opts.sessions)
+        vscode_sessions(env, work, opts.sessions)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _spin(env: dict[str, str], rate_file: Path) -> tuple[subprocess.Popen[str], int]:
+    spin = ROOT / "tests" / "targets" / "spin.py"
+    proc = subprocess.Popen([sys.executable, str(spin)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True,
+                            env={**env, "PRODBUG_LISTEN": "", "RATE_FILE": str(rate_file)})
+    assert proc.stdout is not None
+    return proc, int(json.loads(proc.stdout.readline()[len("READY "):])["pid"])
+
+
+def _window(rate_file: Path, seconds: float = 2.0) -> float:
+    """The median loop rate over the next ``seconds``."""
+    start = time.perf_counter() + 0.3
+    time.sleep(seconds + 0.3)
+    return statistics.median(_rates(rate_file, start, time.perf_counter()))
+
+
+def vscode_sessions(env: dict[str, str], work: Path, sessions: int) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from dapclient import DapClient
+
+    rate_file = work / "rate-vscode"
+    proc, pid = _spin(env, rate_file)
+    spin = ROOT / "tests" / "targets" / "spin.py"
+    never = next(n for n, t in enumerate(spin.read_text().splitlines(), 1)
+                 if "interpreter shutting down" in t) + 1
+    print(f"\n6. prodbug vscode: {sessions} sessions (initialize, attach, breakpoint, "
+          f"configurationDone, disconnect)")
+    times: list[float] = []
+    try:
+        time.sleep(0.5)
+        before = _window(rate_file)
+        during: list[float] = []
+        for n in range(sessions):
+            t0 = time.perf_counter()
+            cli = subprocess.Popen([sys.executable, "-m", "prodbug", "vscode", "--pid", str(pid),
+                                    "--port", "0", "--yes"], env=env, text=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            assert cli.stderr is not None
+            port, said = 0, []
+            for line in cli.stderr:
+                said.append(line)
+                if "ready: attach VS Code to 127.0.0.1:" in line:
+                    port = int(line.split("127.0.0.1:")[1].split()[0])
+                    break
+            if not port:
+                raise SystemExit("prodbug vscode did not get ready:\n" + "".join(said))
+            dap = DapClient(port)
+            dap.request("initialize", clientID="vscode", adapterID="debugpy",
+                        pathFormat="path", linesStartAt1=True, columnsStartAt1=True)
+            attach = dap.send("attach", justMyCode=False)
+            dap.event("initialized")
+            times.append((time.perf_counter() - t0) * 1000)
+            dap.set_breakpoints(str(spin), [never])
+            dap.request("configurationDone")
+            dap.response(attach)
+            if n == 0:
+                during.append(_window(rate_file))
+            dap.request("disconnect", restart=False, terminateDebuggee=False)
+            dap.close()
+            cli.terminate()  # like Ctrl-C: the CLI closes its session first
+            cli.wait(10)
+            cli.stderr.close()
+        after = _window(rate_file)
+    finally:
+        stop(proc)
+    print(f"   command to initialized: first {times[0]:.0f} ms (starts debugpy), then median "
+          f"{statistics.median(times[1:] or times):.0f} ms")
+    print(f"   host loop, relative to before: during {during[0] / before:.3f}, "
+          f"after {after / before:.3f} ({before / 1e6:.2f} M it/s before)")
 
 
 def _rates(path: Path, since: float, until: float) -> list[float]:
@@ -204,11 +279,7 @@ def pdb_sessions(env: dict[str, str], work: Path, sessions: int) -> None:
 
     spin = ROOT / "tests" / "targets" / "spin.py"
     rate_file = work / "rate"
-    proc = subprocess.Popen([sys.executable, str(spin)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True,
-                            env={**env, "PRODBUG_LISTEN": "", "RATE_FILE": str(rate_file)})
-    assert proc.stdout is not None
-    pid = json.loads(proc.stdout.readline()[len("READY "):])["pid"]
+    proc, pid = _spin(env, rate_file)
     if sys.version_info >= (3, 12):
         how = ["--thread", "spin"]
     else:

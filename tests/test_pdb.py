@@ -132,12 +132,14 @@ def test_break_in_http_handler_shows_the_request(service: Target, cli) -> None:
     assert _still_counting(service)
 
 
-@pytest.mark.parametrize("how", ["sigkill", "q", "ctrl-d", "ctrl-c"])
+@pytest.mark.parametrize("how", ["sigkill", "sigterm", "q", "ctrl-d", "ctrl-c"])
 def test_operator_leaving_lets_the_request_finish(service: Target, cli, how: str) -> None:
     child, request = _break(cli, service, f"/{how}")
     assert request.is_alive()  # stopped in the debugger
     if how == "sigkill":
         child.kill(signal.SIGKILL)
+    elif how == "sigterm":
+        child.kill(signal.SIGTERM)
     elif how == "q":
         child.sendline("q")
     elif how == "ctrl-d":

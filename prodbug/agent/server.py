@@ -104,7 +104,8 @@ class Agent:
         if current is not None and not current.ended.is_set():
             opened = time.strftime("%H:%M:%S", time.localtime(current.opened_at))
             raise SessionError(f"busy: {current.mode} session opened by {current.key_name} "
-                               f"at {opened}", "busy")
+                               f"at {opened} (if its operator is gone it ends by itself "
+                               f"within {self.config.session_heartbeat:g}s)", "busy")
 
     def _pdb_open(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
         self._check_free()
