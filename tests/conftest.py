@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,3 +183,45 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
+
+
+@pytest.fixture
+def service(spawn: Callable[..., Target], base_env: dict[str, str], tmp_path: Path) -> Target:
+    """tests/targets/service.py: a worker counting into a file, and an HTTP server."""
+    env = {**base_env, "COUNTER_FILE": str(tmp_path / "counter"),
+           "PRODBUG_SESSION_HEARTBEAT": "2"}
+    target = spawn("service", env=env)
+    target.facts["counter"] = str(tmp_path / "counter")
+    return target
+
+
+def count(target: Target) -> int:
+    """The service's worker counter, as last written."""
+    try:
+        return int(Path(target.facts["counter"]).read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def still_counting(target: Target) -> bool:
+    """Whether the service's worker keeps counting (waits up to 30 s for a step)."""
+    start = count(target)
+    return wait_for(lambda: count(target) > start, timeout=30)
+
+
+class Request(threading.Thread):
+    """One HTTP request in the background; ``result`` is (status, body) or the error."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.result: Any = None
+
+    def run(self) -> None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=120) as response:
+                self.result = (response.status, response.read().decode())
+        except Exception as exc:
+            self.result = exc
+
+

@@ -6,29 +6,17 @@ import io
 import json
 import signal
 import sys
-import threading
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pexpect
 import pytest
-from conftest import TARGETS, Target, run_cli, wait_for
+from conftest import TARGETS, Request, Target, run_cli, still_counting, wait_for
 
 PROMPT = r"\(Pdb\) "
 BREAK_LINE = next(n for n, text in enumerate(
     (TARGETS / "service.py").read_text().splitlines(), 1) if "# BREAK" in text)
 MONITORING = sys.version_info >= (3, 12)
-
-
-@pytest.fixture
-def service(spawn, base_env: dict[str, str], tmp_path: Path) -> Target:
-    env = {**base_env, "COUNTER_FILE": str(tmp_path / "counter"),
-           "PRODBUG_SESSION_HEARTBEAT": "2"}
-    target = spawn("service", env=env)
-    target.facts["counter"] = str(tmp_path / "counter")
-    return target
 
 
 @pytest.fixture
@@ -53,39 +41,11 @@ def cli(base_env: dict[str, str],
         child.close()
 
 
-def _count(target: Target) -> int:
-    try:
-        return int(Path(target.facts["counter"]).read_text() or 0)
-    except (FileNotFoundError, ValueError):
-        return 0
-
-
-def _still_counting(target: Target) -> bool:
-    start = _count(target)
-    return wait_for(lambda: _count(target) > start, timeout=30)
-
-
-class _Request(threading.Thread):
-    """One HTTP request in the background; ``result`` is (status, body) or the error."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.result: Any = None
-
-    def run(self) -> None:
-        try:
-            with urllib.request.urlopen(self.url, timeout=120) as response:
-                self.result = (response.status, response.read().decode())
-        except Exception as exc:
-            self.result = exc
-
-
 def _break(cli: Callable[..., pexpect.spawn], target: Target, path: str) -> tuple[
-        pexpect.spawn, _Request]:
+        pexpect.spawn, Request]:
     child = cli("pdb", "--pid", str(target.pid), "--break", f"service.py:{BREAK_LINE}")
     child.expect("waiting for a thread to reach it")
-    request = _Request(target.facts["http"] + path)
+    request = Request(target.facts["http"] + path)
     request.start()
     child.expect(PROMPT)
     return child, request
@@ -106,7 +66,7 @@ def test_thread_print_step_continue(service: Target, cli, base_env) -> None:
     child.expect("session ended")
     child.expect(pexpect.EOF)
     assert child.wait() == 0
-    assert _still_counting(service)
+    assert still_counting(service)
     info = json.loads(run_cli("info", "--pid", str(service.pid), "--json", env=base_env).stdout)
     assert info["debug"]["monitoring_tools"] == {}  # the hook is gone
 
@@ -117,7 +77,7 @@ def test_thread_refused_before_312_with_the_version_needed(service: Target, base
     assert result.returncode == 1
     assert "needs Python 3.12+" in result.stderr
     assert f"runs {sys.version.split()[0]}" in result.stderr
-    assert _still_counting(service)
+    assert still_counting(service)
 
 
 def test_break_in_http_handler_shows_the_request(service: Target, cli) -> None:
@@ -129,7 +89,7 @@ def test_break_in_http_handler_shows_the_request(service: Target, cli) -> None:
     child.expect(pexpect.EOF)
     request.join(60)
     assert request.result == (200, "hello /hello-pdb")
-    assert _still_counting(service)
+    assert still_counting(service)
 
 
 @pytest.mark.parametrize("how", ["sigkill", "sigterm", "q", "ctrl-d", "ctrl-c"])
@@ -182,7 +142,7 @@ def test_inspect_looks_without_stopping(service: Target, cli) -> None:
     child = cli("pdb", "--pid", str(service.pid), "--inspect", "worker")
     child.expect("values are live")
     child.expect(PROMPT)
-    assert _still_counting(service)  # the thread runs while we look
+    assert still_counting(service)  # the thread runs while we look
     child.sendline("p i")
     child.expect(r"\r\n(\d+)\r\n")
     child.sendline("n")
@@ -196,7 +156,7 @@ def test_inspect_looks_without_stopping(service: Target, cli) -> None:
 def test_post_mortem_of_a_dead_thread(service: Target, cli, base_env) -> None:
     nothing = run_cli("pdb", "--pid", str(service.pid), "--post-mortem", env=base_env)
     assert "no unhandled exception" in nothing.stderr
-    crash = _Request(service.facts["http"] + "/crash")
+    crash = Request(service.facts["http"] + "/crash")
     crash.start()
     crash.join(60)
     assert wait_for(lambda: any("ValueError: boom 42" in line for line in service.output))
@@ -209,4 +169,4 @@ def test_post_mortem_of_a_dead_thread(service: Target, cli, base_env) -> None:
     child.expect("crash")
     child.sendline("q")
     child.expect(pexpect.EOF)
-    assert _still_counting(service)
+    assert still_counting(service)

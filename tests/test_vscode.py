@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TARGETS, Target, run_cli, wait_for
+from conftest import TARGETS, Request, Target, count, run_cli, still_counting, wait_for
 from dapclient import DapClient
-from test_pdb import _count, _Request, _still_counting
 
 SERVICE = str(TARGETS / "service.py")
 LINES = (TARGETS / "service.py").read_text().splitlines()
@@ -55,15 +54,6 @@ class VscodeCli:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
-
-
-@pytest.fixture
-def service(spawn, base_env: dict[str, str], tmp_path: Path) -> Target:
-    env = {**base_env, "COUNTER_FILE": str(tmp_path / "counter"),
-           "PRODBUG_SESSION_HEARTBEAT": "2"}
-    target = spawn("service", env=env)
-    target.facts["counter"] = str(tmp_path / "counter")
-    return target
 
 
 @pytest.fixture
@@ -123,8 +113,8 @@ def test_vscode_attach_break_inspect_continue_reattach(service: Target, vscode, 
 
     dap.set_breakpoints(SERVICE, [HANDLER_LINE])  # let the worker run; keep the handler's
     dap.request("continue", threadId=thread)
-    assert _still_counting(service)
-    request = _Request(service.facts["http"] + "/vscode")
+    assert still_counting(service)
+    request = Request(service.facts["http"] + "/vscode")
     request.start()
     thread, frame = _stopped_in(dap, "do_GET")
     assert dap.request("evaluate", expression="path", frameId=frame["id"],
@@ -154,10 +144,10 @@ def test_killing_the_cli_resumes_a_thread_stopped_at_a_breakpoint(service: Targe
     dap = DapClient(cli.port())
     dap.attach({SERVICE: [WORK_LINE]})
     _stopped_in(dap, "work")
-    stopped_at = _count(service)
-    assert not wait_for(lambda: _count(service) > stopped_at + 5, timeout=1.0)  # it is stopped
+    stopped_at = count(service)
+    assert not wait_for(lambda: count(service) > stopped_at + 5, timeout=1.0)  # it is stopped
     cli.proc.send_signal(signal.SIGKILL)
-    assert _still_counting(service)  # the agent closed VS Code's side: debugpy resumed
+    assert still_counting(service)  # the agent closed VS Code's side: debugpy resumed
     dap.close()
     # A later prodbug vscode reuses the adapter already listening.
     second = vscode("--pid", str(service.pid), "--port", "0")

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 __all__ = ["DEBUGPY", "DapChannel", "DapSession", "Debugpy", "slow_tracing", "untraced"]
@@ -55,19 +56,21 @@ class Debugpy:
         self.error: str | None = None
         self._lock = threading.Lock()
 
-    def ensure(self, notify: Callable[[], None]) -> None:
-        """Start debugpy in the background if it is not running yet."""
+    def ensure(self, notify: Callable[[], None], log_file: Path) -> None:
+        """Start debugpy in the background if it is not running yet; pydevd's own
+        messages go to ``log_file`` (with its pid added), never to the host's stderr."""
         with self._lock:
             if self.state in ("starting", "ready"):
                 return
             self.state, self.error = "starting", None
-        untraced(threading.Thread(target=self._start, args=(notify,), name="prodbug-debugpy",
-                                  daemon=True)).start()
+        untraced(threading.Thread(target=self._start, args=(notify, log_file),
+                                  name="prodbug-debugpy", daemon=True)).start()
 
-    def _start(self, notify: Callable[[], None]) -> None:
+    def _start(self, notify: Callable[[], None], log_file: Path) -> None:
         try:
-            # pydevd would print a frozen-modules warning on the host's stderr.
+            # pydevd writes warnings to the host's stderr unless told otherwise.
             os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+            os.environ.setdefault("PYDEVD_DEBUG_FILE", str(log_file))
             import debugpy
 
             exe = os.path.basename(sys.executable or "")

@@ -12,7 +12,6 @@ for a request, a handshake, or the stop pipe.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
 import logging
@@ -31,11 +30,12 @@ from prodbug import protocol, registry
 from prodbug._version import __version__
 from prodbug.agent import postmortem
 from prodbug.agent.audit import AuditLog
-from prodbug.agent.dap import DEBUGPY, DapChannel, DapSession, slow_tracing, untraced
+from prodbug.agent.dap import DEBUGPY, untraced
+from prodbug.agent.desk import SessionDesk
 from prodbug.agent.faults import FaultDumps
 from prodbug.agent.info import collect_info
 from prodbug.agent.keyring import KeyRing
-from prodbug.agent.sessions import PdbSession, SessionError, open_session
+from prodbug.agent.sessions import SessionError
 from prodbug.agent.stacks import StateHistory, collect_stacks
 from prodbug.config import AgentConfig, parse_listen
 from prodbug.errors import ConfigError, ProdbugError, ProtocolError
@@ -73,203 +73,14 @@ class Agent:
         self._audit = AuditLog(config.audit_log)
         self._history = StateHistory()
         self._faults: FaultDumps | None = None
-        self._notify_r, self._notify_w = -1, -1
-        self._session: PdbSession | DapSession | None = None
+        self._desk: SessionDesk | None = None
         self._registry_entry: dict[str, Any] = {}
-        self._routes: dict[str, tuple[zmq.Socket[bytes], bytes]] = {}
-        self._route: tuple[zmq.Socket[bytes], bytes] | None = None
         self._handlers: dict[str, Handler] = {
             "ping": lambda args, key: {"pong": True, "pid": self.pid},
             "info": lambda args, key: collect_info(self.facts()),
             "stacks": self._stacks,
             "audit": lambda args, key: {"records": list(self._audit.recent)},
-            "pdb.open": self._pdb_open,
-            "session.input": self._session_input,
-            "session.ping": self._session_ping,
-            "session.close": self._session_close,
-            "dap.open": self._dap_open,
-            "dap.connect": self._dap_connect,
-            "dap.send": self._dap_send,
-            "dap.disconnect": self._dap_disconnect,
         }
-
-    # -- debugger sessions -----------------------------------------------------------------
-
-    def _wake_sessions(self) -> None:
-        with contextlib.suppress(OSError):  # full pipe: a wake-up is pending anyway
-            os.write(self._notify_w, b"s")
-
-    def _check_free(self) -> None:
-        current = self._session
-        if current is not None and not current.ended.is_set():
-            opened = time.strftime("%H:%M:%S", time.localtime(current.opened_at))
-            raise SessionError(f"busy: {current.mode} session opened by {current.key_name} "
-                               f"at {opened} (if its operator is gone it ends by itself "
-                               f"within {self.config.session_heartbeat:g}s)", "busy")
-
-    def _pdb_open(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        self._check_free()
-        session = open_session(args, key.name, self.ident, self._wake_sessions,
-                               heartbeat=self.config.session_heartbeat,
-                               idle=self.config.session_idle)
-        self._session = session
-        if self._route is not None:
-            self._routes[session.id] = self._route
-        return {**session.facts(), "heartbeat": self.config.session_heartbeat,
-                "idle": self.config.session_idle, "python": sys.version.split()[0]}
-
-    def _dap_open(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        self._check_free()
-        if slow_tracing() and DEBUGPY.state != "ready" and args.get("confirm") is not True:
-            raise SessionError(
-                f"starting debugpy on Python {sys.version.split()[0]} makes this whole "
-                f"process run several times slower (about 8x measured on 3.11) until it "
-                f"restarts; confirm to go ahead", "confirm_needed")
-        session = DapSession(key.name, self.config.session_heartbeat)
-        self._session = session
-        if self._route is not None:
-            self._routes[session.id] = self._route
-        DEBUGPY.ensure(self._wake_sessions)
-        return {**session.facts(), **DEBUGPY.facts(), "remote_root": os.getcwd(),
-                "python": sys.version.split()[0], "slow_tracing": slow_tracing(),
-                "heartbeat": self.config.session_heartbeat}
-
-    def _own_dap(self, args: dict[str, Any], key: AuthorizedKey) -> DapSession:
-        session = self._own_session(args, key)
-        if not isinstance(session, DapSession):
-            raise SessionError("that is not a vscode session", "not_found")
-        return session
-
-    def _dap_connect(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        session = self._own_dap(args, key)
-        if DEBUGPY.state != "ready" or DEBUGPY.port is None:
-            raise SessionError(f"debugpy is {DEBUGPY.state}"
-                               + (f": {DEBUGPY.error}" if DEBUGPY.error else ""), "not_ready")
-        if session.channels:
-            raise SessionError("one VS Code connection at a time", "busy")
-        try:
-            channel = DapChannel(DEBUGPY.port)
-        except OSError as exc:
-            raise SessionError(f"cannot reach debugpy's adapter: {exc}", "not_ready") from None
-        session.channels[channel.id] = channel
-        return {"channel": channel.id}
-
-    def _dap_send(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        session = self._own_dap(args, key)
-        channel = session.channels.get(str(args.get("channel")))
-        data = args.get("data")
-        if channel is None:
-            raise SessionError("no such channel (VS Code's connection closed)", "not_found")
-        if not isinstance(data, str):
-            raise ValueError("data must be base64 text")
-        try:
-            channel.send(base64.b64decode(data, validate=True))
-        except (ValueError, OSError) as exc:
-            self._close_channel(session, channel, f"adapter connection failed: {exc}")
-        return {}
-
-    def _dap_disconnect(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        session = self._own_dap(args, key)
-        channel = session.channels.get(str(args.get("channel")))
-        if channel is not None:
-            self._close_channel(session, channel, "VS Code disconnected", notify=False)
-        return {}
-
-    def _close_channel(self, session: DapSession, channel: DapChannel, reason: str,
-                       notify: bool = True) -> None:
-        session.channels.pop(channel.id, None)
-        channel.close()
-        if notify:
-            self._send_event(session.id, protocol.Event(session.id, "dap_closed",
-                                                        {"channel": channel.id,
-                                                         "reason": reason}))
-
-    def _send_event(self, session_id: str, event: protocol.Event) -> None:
-        route = self._routes.get(session_id)
-        if route is not None:
-            sock, ident = route
-            with contextlib.suppress(zmq.ZMQError):
-                sock.send_multipart([ident, protocol.encode_event(event)], flags=zmq.NOBLOCK)
-
-    def _relay_adapter(self, fd: int) -> None:
-        session = self._session
-        if not isinstance(session, DapSession):
-            return
-        for channel in list(session.channels.values()):
-            if channel.fileno() != fd:
-                continue
-            data = channel.read()
-            if data is None:
-                return
-            if not data:
-                self._close_channel(session, channel, "debugpy closed the connection")
-                return
-            self._send_event(session.id, protocol.Event(
-                session.id, "dap", {"channel": channel.id,
-                                    "data": base64.b64encode(data).decode("ascii")}))
-
-    def _own_session(self, args: dict[str, Any],
-                     key: AuthorizedKey) -> PdbSession | DapSession:
-        session = self._session
-        if session is None or args.get("session") != session.id:
-            raise SessionError("no such session (it may have ended)", "not_found")
-        if session.key_name != key.name:
-            raise PermissionError("that session belongs to another key")
-        if self._route is not None:  # the operator may have reconnected
-            self._routes[session.id] = self._route
-        session.last_seen = time.monotonic()
-        return session
-
-    def _session_input(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        data = args.get("data")
-        if not isinstance(data, str) or len(data) > 65536:
-            raise ValueError("data must be a line of text (at most 64 KiB)")
-        session = self._own_session(args, key)
-        if not isinstance(session, PdbSession):
-            raise SessionError("that is not a pdb session", "not_found")
-        session.feed(data)
-        return {}
-
-    def _session_ping(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        return {"state": self._own_session(args, key).state}
-
-    def _session_close(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        self._own_session(args, key).end("closed by the operator: the thread goes on")
-        return {}
-
-    def _pump_sessions(self) -> None:
-        """Send queued session output and endings; end sessions whose operator is gone."""
-        session = self._session
-        if session is None:
-            return
-        session.check_timeouts(time.monotonic())
-        route = self._routes.get(session.id)
-        events = []
-        if isinstance(session, PdbSession):
-            text, prompt = session.take_output()
-            if text or prompt is not None:
-                events.append(protocol.Event(session.id, "output",
-                                             {"text": text, "prompt": prompt}))
-        else:
-            if not session.announced_ready and DEBUGPY.state in ("ready", "failed"):
-                session.announced_ready = True
-                events.append(protocol.Event(session.id, "dap_ready", DEBUGPY.facts()))
-                self._write_registry()
-            if session.ended.is_set():
-                for channel in list(session.channels.values()):
-                    self._close_channel(session, channel, session.reason, notify=False)
-        if session.ended.is_set():
-            events.append(protocol.Event(session.id, "state",
-                                         {"state": "ended", "reason": session.reason}))
-            self._session = None
-            self._routes.pop(session.id, None)
-            self._audit.record("session", key=session.key_name, pid=self.pid,
-                               mode=session.mode, outcome=session.reason)
-        if route is not None:
-            sock, ident = route
-            for event in events:
-                with contextlib.suppress(zmq.ZMQError):
-                    sock.send_multipart([ident, protocol.encode_event(event)], flags=zmq.NOBLOCK)
 
     def _stacks(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
         hang = self._faults.latest_hang() if self._faults is not None else None
@@ -315,8 +126,11 @@ class Agent:
                 _log.warning("no authorized keys in %s: nobody can connect over TCP yet",
                              authorized)
         self._wake_r, self._wake_w = os.pipe()
-        self._notify_r, self._notify_w = os.pipe()
-        os.set_blocking(self._notify_w, False)
+        self._desk = SessionDesk(self.config, self._audit, pid=self.pid,
+                                 agent_ident=lambda: self.ident,
+                                 on_debugpy_ready=self._write_registry,
+                                 runtime_dir=self._runtime_dir)
+        self._handlers.update(self._desk.handlers())
         self._waited = wait
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         untraced(self._thread)
@@ -344,15 +158,16 @@ class Agent:
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's agent without touching its zmq state."""
-        session, self._session = self._session, None
-        if session is not None:  # inherited hooks would stop a thread nobody can release
-            session.end("forked")
+        desk, self._desk = self._desk, None
+        if desk is not None:  # inherited hooks would stop a thread nobody can release
+            desk.end_all("forked")
+            desk.close_fds()
         if DEBUGPY.state in ("ready", "starting"):  # the adapter belongs to the parent
             DEBUGPY.state, DEBUGPY.error = "failed", "inherited through fork from the parent"
         if self._faults is not None:  # the parent's signal handlers write the parent's files
             self._faults.stop(after_fork=True)
             self._faults = None
-        for fd in (self._wake_r, self._wake_w, self._notify_r, self._notify_w):
+        for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._thread = None
@@ -375,7 +190,9 @@ class Agent:
             if not self._waited:  # nobody will see the exception: say it here
                 _log.warning("prodbug agent not started: %s", self._start_error)
             self._ready.set()
-            _close(ctx, sockets, self._wake_r, self._wake_w, self._notify_r, self._notify_w)
+            _close(ctx, sockets, self._wake_r, self._wake_w)
+            if self._desk is not None:
+                self._desk.close_fds()
             if self._faults is not None:
                 self._faults.stop()
             if self.ipc_endpoint is not None:
@@ -389,14 +206,16 @@ class Agent:
         except BaseException:  # the host must never see the agent's failure
             _log.exception("agent loop failed; the agent stops, the host goes on")
         finally:
-            session, self._session = self._session, None
-            if session is not None:
-                session.end("the agent stopped: the thread goes on")
+            if self._desk is not None:
+                self._desk.end_all("the agent stopped: the thread goes on")
+                self._desk.pump()
             postmortem.uninstall()
             registry.remove_entry(runtime_dir, self.pid)
             if self._faults is not None:
                 self._faults.stop()
-            _close(ctx, sockets, self._wake_r, self._wake_w, self._notify_r, self._notify_w)
+            _close(ctx, sockets, self._wake_r, self._wake_w)
+            if self._desk is not None:
+                self._desk.close_fds()
             _log.info("agent stopped")
 
     def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], sockets: list[zmq.Socket[bytes]],
@@ -449,9 +268,7 @@ class Agent:
 
     def _sync_adapter_fds(self, poller: zmq.Poller, registered: set[int]) -> set[int]:
         """Poll exactly the open debugpy adapter connections."""
-        session = self._session
-        wanted = {c.fileno() for c in session.channels.values()} \
-            if isinstance(session, DapSession) else set()
+        wanted = self._desk.adapter_fds() if self._desk is not None else set()
         for fd in registered - wanted:
             with contextlib.suppress(KeyError):
                 poller.unregister(fd)
@@ -464,7 +281,10 @@ class Agent:
         for sock in sockets:
             poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        poller.register(self._notify_r, zmq.POLLIN)
+        desk = self._desk
+        if desk is None:
+            return
+        poller.register(desk.notify_r, zmq.POLLIN)
         ipc = sockets[0]
         zap = sockets[1] if len(sockets) > 1 else None
         faults = self._faults
@@ -475,7 +295,7 @@ class Agent:
             # No timeout unless a hang timer needs pushing back or a session is open
             # (heartbeats are checked every second): idle means asleep.
             timeout = hang_timeout
-            if self._session is not None:
+            if desk.session is not None:
                 timeout = min(timeout or 1000, 1000)
             try:
                 events = dict(poller.poll(timeout))
@@ -487,12 +307,11 @@ class Agent:
                 faults.tick()
             if self._wake_r in events:
                 return
-            if self._notify_r in events:
-                with contextlib.suppress(OSError):
-                    os.read(self._notify_r, 4096)
+            if desk.notify_r in events:
+                desk.drain_notify()
             for fd in adapter_fds & events.keys():
                 try:
-                    self._relay_adapter(fd)
+                    desk.relay_adapter(fd)
                 except Exception:
                     _log.exception("relaying debugpy's output failed; serving on")
             for sock in sockets:
@@ -508,7 +327,7 @@ class Agent:
                 except Exception:  # one bad message must not end the agent
                     _log.exception("agent failed to handle a message; serving on")
             try:
-                self._pump_sessions()
+                desk.pump()
             except Exception:
                 _log.exception("session upkeep failed; serving on")
 
@@ -551,9 +370,11 @@ class Agent:
         if key is None:
             return  # cannot happen after ZAP said yes; drop rather than guess
         started = time.perf_counter()
-        self._route = (sock, ident)
+        if self._desk is not None:
+            self._desk.route = (sock, ident)
         reply, cmd = self._dispatch([f.bytes for f in frames[1:]], key)
-        self._route = None
+        if self._desk is not None:
+            self._desk.route = None
         with contextlib.suppress(zmq.ZMQError):
             sock.send_multipart([ident, protocol.encode_reply(reply)], flags=zmq.NOBLOCK)
         if cmd == "session.ping" and reply.ok:

@@ -172,6 +172,12 @@ class PdbSession:
                 prompt = self.prompt
                 if text.endswith(prompt):
                     text = text[: -len(prompt)]
+            elif text.endswith(self.prompt):
+                # pdb has written its prompt but not yet asked for the line: hold the prompt
+                # back, so that the operator's terminal shows it only when a line is read.
+                text = text[: -len(self.prompt)]
+                self._out.append(self.prompt)
+                self._out_size = len(self.prompt)
         return text, prompt
 
     def feed(self, line: str) -> None:

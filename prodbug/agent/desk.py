@@ -1,0 +1,257 @@
+"""The agent's debugger sessions (pdb, vscode): opening them, relaying them, ending them.
+
+Everything here runs in the agent thread, which owns the sockets; the debugged threads
+only reach a session through its queues and the notify pipe (``wake``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from prodbug import protocol
+from prodbug.agent.audit import AuditLog
+from prodbug.agent.dap import DEBUGPY, DapChannel, DapSession, slow_tracing
+from prodbug.agent.sessions import PdbSession, SessionError, open_session
+from prodbug.config import AgentConfig
+from prodbug.keys import AuthorizedKey
+
+__all__ = ["SessionDesk"]
+
+Route = tuple[zmq.Socket[bytes], bytes]
+
+
+class SessionDesk:
+    """One debugger session per process at a time, and where its events go."""
+
+    def __init__(self, config: AgentConfig, audit: AuditLog, *, pid: int,
+                 agent_ident: Callable[[], int | None], on_debugpy_ready: Callable[[], None],
+                 runtime_dir: Callable[[], Path]) -> None:
+        self.config = config
+        self.audit = audit
+        self.pid = pid
+        self.agent_ident = agent_ident
+        self.on_debugpy_ready = on_debugpy_ready
+        self.runtime_dir = runtime_dir
+        self.session: PdbSession | DapSession | None = None
+        self.routes: dict[str, Route] = {}
+        #: Where the request being served came from (set around each dispatch).
+        self.route: Route | None = None
+        self.notify_r, self.notify_w = os.pipe()
+        os.set_blocking(self.notify_w, False)
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any], AuthorizedKey], dict[str, Any]]]:
+        return {
+            "pdb.open": self.pdb_open,
+            "session.input": self.session_input,
+            "session.ping": self.session_ping,
+            "session.close": self.session_close,
+            "dap.open": self.dap_open,
+            "dap.connect": self.dap_connect,
+            "dap.send": self.dap_send,
+            "dap.disconnect": self.dap_disconnect,
+        }
+
+    def adapter_fds(self) -> set[int]:
+        session = self.session
+        if isinstance(session, DapSession):
+            return {c.fileno() for c in session.channels.values()}
+        return set()
+
+    def drain_notify(self) -> None:
+        with contextlib.suppress(OSError):
+            os.read(self.notify_r, 4096)
+
+    def end_all(self, reason: str) -> None:
+        """End the session (if any); the next ``pump`` tells its operator."""
+        if self.session is not None:
+            self.session.end(reason)
+
+    def close_fds(self) -> None:
+        for fd in (self.notify_r, self.notify_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # full pipe: a wake-up is pending anyway
+            os.write(self.notify_w, b"s")
+
+    def check_free(self) -> None:
+        current = self.session
+        if current is not None and not current.ended.is_set():
+            opened = time.strftime("%H:%M:%S", time.localtime(current.opened_at))
+            raise SessionError(f"busy: {current.mode} session opened by {current.key_name} "
+                               f"at {opened} (if its operator is gone it ends by itself "
+                               f"within {self.config.session_heartbeat:g}s)", "busy")
+
+    def pdb_open(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+        self.check_free()
+        session = open_session(args, key.name, self.agent_ident(), self.wake,
+                               heartbeat=self.config.session_heartbeat,
+                               idle=self.config.session_idle)
+        self.session = session
+        if self.route is not None:
+            self.routes[session.id] = self.route
+        return {**session.facts(), "heartbeat": self.config.session_heartbeat,
+                "idle": self.config.session_idle, "python": sys.version.split()[0]}
+
+    def dap_open(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+        self.check_free()
+        if slow_tracing() and DEBUGPY.state != "ready" and args.get("confirm") is not True:
+            raise SessionError(
+                f"starting debugpy on Python {sys.version.split()[0]} makes this whole "
+                f"process run several times slower (about 8x measured on 3.11) until it "
+                f"restarts; confirm to go ahead", "confirm_needed")
+        session = DapSession(key.name, self.config.session_heartbeat)
+        self.session = session
+        if self.route is not None:
+            self.routes[session.id] = self.route
+        DEBUGPY.ensure(self.wake, self.runtime_dir() / f"debugpy-{self.pid}.log")
+        return {**session.facts(), **DEBUGPY.facts(), "remote_root": os.getcwd(),
+                "python": sys.version.split()[0], "slow_tracing": slow_tracing(),
+                "heartbeat": self.config.session_heartbeat}
+
+    def own_dap(self, args: dict[str, Any], key: AuthorizedKey) -> DapSession:
+        session = self.own_session(args, key)
+        if not isinstance(session, DapSession):
+            raise SessionError("that is not a vscode session", "not_found")
+        return session
+
+    def dap_connect(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+        session = self.own_dap(args, key)
+        if DEBUGPY.state != "ready" or DEBUGPY.port is None:
+            raise SessionError(f"debugpy is {DEBUGPY.state}"
+                               + (f": {DEBUGPY.error}" if DEBUGPY.error else ""), "not_ready")
+        if session.channels:
+            raise SessionError("one VS Code connection at a time", "busy")
+        try:
+            channel = DapChannel(DEBUGPY.port)
+        except OSError as exc:
+            raise SessionError(f"cannot reach debugpy's adapter: {exc}", "not_ready") from None
+        session.channels[channel.id] = channel
+        return {"channel": channel.id}
+
+    def dap_send(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+        session = self.own_dap(args, key)
+        channel = session.channels.get(str(args.get("channel")))
+        data = args.get("data")
+        if channel is None:
+            raise SessionError("no such channel (VS Code's connection closed)", "not_found")
+        if not isinstance(data, str):
+            raise ValueError("data must be base64 text")
+        try:
+            channel.send(base64.b64decode(data, validate=True))
+        except (ValueError, OSError) as exc:
+            self.close_channel(session, channel, f"adapter connection failed: {exc}")
+        return {}
+
+    def dap_disconnect(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+        session = self.own_dap(args, key)
+        channel = session.channels.get(str(args.get("channel")))
+        if channel is not None:
+            self.close_channel(session, channel, "VS Code disconnected", notify=False)
+        return {}
+
+    def close_channel(self, session: DapSession, channel: DapChannel, reason: str,
+                       notify: bool = True) -> None:
+        session.channels.pop(channel.id, None)
+        channel.close()
+        if notify:
+            self.send_event(session.id, protocol.Event(session.id, "dap_closed",
+                                                        {"channel": channel.id,
+                                                         "reason": reason}))
+
+    def send_event(self, session_id: str, event: protocol.Event) -> None:
+        route = self.routes.get(session_id)
+        if route is not None:
+            sock, ident = route
+            with contextlib.suppress(zmq.ZMQError):
+                sock.send_multipart([ident, protocol.encode_event(event)], flags=zmq.NOBLOCK)
+
+    def relay_adapter(self, fd: int) -> None:
+        session = self.session
+        if not isinstance(session, DapSession):
+            return
+        for channel in list(session.channels.values()):
+            if channel.fileno() != fd:
+                continue
+            data = channel.read()
+            if data is None:
+                return
+            if not data:
+                self.close_channel(session, channel, "debugpy closed the connection")
+                return
+            self.send_event(session.id, protocol.Event(
+                session.id, "dap", {"channel": channel.id,
+                                    "data": base64.b64encode(data).decode("ascii")}))
+
+    def own_session(self, args: dict[str, Any],
+                     key: AuthorizedKey) -> PdbSession | DapSession:
+        session = self.session
+        if session is None or args.get("session") != session.id:
+            raise SessionError("no such session (it may have ended)", "not_found")
+        if session.key_name != key.name:
+            raise PermissionError("that session belongs to another key")
+        if self.route is not None:  # the operator may have reconnected
+            self.routes[session.id] = self.route
+        session.last_seen = time.monotonic()
+        return session
+
+    def session_input(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+        data = args.get("data")
+        if not isinstance(data, str) or len(data) > 65536:
+            raise ValueError("data must be a line of text (at most 64 KiB)")
+        session = self.own_session(args, key)
+        if not isinstance(session, PdbSession):
+            raise SessionError("that is not a pdb session", "not_found")
+        session.feed(data)
+        return {}
+
+    def session_ping(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+        return {"state": self.own_session(args, key).state}
+
+    def session_close(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+        self.own_session(args, key).end("closed by the operator: the thread goes on")
+        return {}
+
+    def pump(self) -> None:
+        """Send queued session output and endings; end sessions whose operator is gone."""
+        session = self.session
+        if session is None:
+            return
+        session.check_timeouts(time.monotonic())
+        route = self.routes.get(session.id)
+        events = []
+        if isinstance(session, PdbSession):
+            text, prompt = session.take_output()
+            if text or prompt is not None:
+                events.append(protocol.Event(session.id, "output",
+                                             {"text": text, "prompt": prompt}))
+        else:
+            if not session.announced_ready and DEBUGPY.state in ("ready", "failed"):
+                session.announced_ready = True
+                events.append(protocol.Event(session.id, "dap_ready", DEBUGPY.facts()))
+                self.on_debugpy_ready()
+            if session.ended.is_set():
+                for channel in list(session.channels.values()):
+                    self.close_channel(session, channel, session.reason, notify=False)
+        if session.ended.is_set():
+            events.append(protocol.Event(session.id, "state",
+                                         {"state": "ended", "reason": session.reason}))
+            self.session = None
+            self.routes.pop(session.id, None)
+            self.audit.record("session", key=session.key_name, pid=self.pid,
+                               mode=session.mode, outcome=session.reason)
+        if route is not None:
+            sock, ident = route
+            for event in events:
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.send_multipart([ident, protocol.encode_event(event)], flags=zmq.NOBLOCK)
