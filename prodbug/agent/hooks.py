@@ -16,6 +16,7 @@ should keep (pdb's), or None.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -26,6 +27,7 @@ from typing import Any
 __all__ = ["Hook", "arm_break", "arm_thread", "find_code", "monitoring_available"]
 
 OnHit = Callable[[FrameType], Any]
+_log = logging.getLogger("prodbug.agent")
 _TOOL_IDS = (4, 3)  # unassigned by CPython (0 debugger, 1 coverage, 2 profiler, 5 optimizer)
 
 
@@ -42,6 +44,7 @@ class Hook:
         self.fired = False
         self.condition_error: str | None = None
         self._lock = threading.Lock()
+        self._unhook_lock = threading.Lock()
 
     def _claim(self, frame: FrameType) -> bool:
         if self.condition:
@@ -91,19 +94,27 @@ class _MonitoringHook(Hook):
     def _on_line(self, code: CodeType, line: int) -> Any:
         if self.fired or (self._line is not None and line != self._line):
             return None
-        if self._thread is not None and threading.get_ident() != self._thread:
-            return None
-        frame = sys._getframe(1)
-        if frame.f_code is not code or sys.gettrace() is not None:
-            return None  # another tracer owns this thread: never fight it
-        if not self._claim(frame):
-            return None
-        self._unhook()
-        self.on_hit(frame)
+        try:
+            self._maybe_stop(code)
+        except Exception:  # runs in the host's thread: never let anything escape
+            _log.warning("prodbug stop hook failed; the thread goes on", exc_info=True)
+            self.remove()
         return None
 
+    def _maybe_stop(self, code: CodeType) -> None:
+        if self._thread is not None and threading.get_ident() != self._thread:
+            return
+        frame = sys._getframe(2)  # _maybe_stop <- _on_line <- the running frame
+        if frame.f_code is not code or sys.gettrace() is not None:
+            return  # another tracer owns this thread: never fight it
+        if not self._claim(frame):
+            return
+        self._unhook()
+        self.on_hit(frame)
+
     def _unhook(self) -> None:
-        tool, self._tool = self._tool, None
+        with self._unhook_lock:  # the agent thread and the hit thread may both get here
+            tool, self._tool = self._tool, None
         if tool is None:
             return
         mon: Any = getattr(sys, "monitoring")  # noqa: B009 (3.12+ only; mypy targets 3.10)
@@ -128,6 +139,15 @@ class _SettraceHook(Hook):
         threading.settrace(self._global)
 
     def _global(self, frame: FrameType, event: str, arg: Any) -> Any:
+        try:
+            return self._global_checked(frame, event)
+        except Exception:  # a trace function's error would reach the host's code
+            _log.warning("prodbug trace hook failed; removing it", exc_info=True)
+            self._active = False
+            sys.settrace(None)
+            return None
+
+    def _global_checked(self, frame: FrameType, event: str) -> Any:
         if not self._active:
             sys.settrace(None)  # session over: this thread drops the hook by itself
             return None
@@ -136,12 +156,17 @@ class _SettraceHook(Hook):
         return None
 
     def _local(self, frame: FrameType, event: str, arg: Any) -> Any:
-        if not self._active:
-            return None
-        if event == "line" and frame.f_lineno == self._line and self._claim(frame):
+        try:
+            if not self._active:
+                return None
+            if event == "line" and frame.f_lineno == self._line and self._claim(frame):
+                self._unhook()
+                return self.on_hit(frame)
+            return self._local
+        except Exception:
+            _log.warning("prodbug trace hook failed; removing it", exc_info=True)
             self._unhook()
-            return self.on_hit(frame)
-        return self._local
+            return None
 
     def _unhook(self) -> None:
         self._active = False
