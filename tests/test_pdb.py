@@ -80,7 +80,7 @@ def test_thread_refused_before_312_with_the_version_needed(service: Target, base
     assert still_counting(service)
 
 
-def test_break_in_http_handler_shows_the_request(service: Target, cli) -> None:
+def test_break_in_http_handler_shows_the_request(service: Target, cli, base_env) -> None:
     child, request = _break(cli, service, "/hello-pdb")
     child.sendline("p path")
     child.expect("'/hello-pdb'")
@@ -90,6 +90,12 @@ def test_break_in_http_handler_shows_the_request(service: Target, cli) -> None:
     request.join(60)
     assert request.result == (200, "hello /hello-pdb")
     assert still_counting(service)
+    records = json.loads(run_cli("audit", "--pid", str(service.pid), "--json",
+                                 env=base_env).stdout)["records"]
+    typed = [r["line"] for r in records if r.get("cmd") == "session.input"]
+    assert typed == ["'p path'", "'c'"]
+    assert [r["outcome"] for r in records if r["event"] == "session"] == [
+        "detached: the thread goes on"]
 
 
 @pytest.mark.parametrize("how", ["sigkill", "sigterm", "q", "ctrl-d", "ctrl-c"])

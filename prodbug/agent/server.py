@@ -51,6 +51,9 @@ _RCVHWM = 16
 _log = logging.getLogger("prodbug.agent")
 
 Handler = Callable[[dict[str, Any], AuthorizedKey], dict[str, Any]]
+#: Not worth a record each: a heartbeat a second, and DAP bytes in transit (a session's
+#: opening and end are recorded; so is every line typed into pdb).
+_UNAUDITED = frozenset({"session.ping", "dap.send"})
 
 
 class Agent:
@@ -75,6 +78,7 @@ class Agent:
         self._faults: FaultDumps | None = None
         self._desk: SessionDesk | None = None
         self._registry_entry: dict[str, Any] = {}
+        self._typed: str | None = None
         self._handlers: dict[str, Handler] = {
             "ping": lambda args, key: {"pong": True, "pid": self.pid},
             "info": lambda args, key: collect_info(self.facts()),
@@ -377,8 +381,11 @@ class Agent:
             self._desk.route = None
         with contextlib.suppress(zmq.ZMQError):
             sock.send_multipart([ident, protocol.encode_reply(reply)], flags=zmq.NOBLOCK)
-        if cmd == "session.ping" and reply.ok:
-            return  # a heartbeat a second is not an event worth a record
+        if cmd in _UNAUDITED and reply.ok:
+            return
+        extra = {}
+        if cmd == "session.input" and self._typed is not None:
+            extra["line"] = repr(self._typed)[:200]  # what the operator ran in pdb
         self._audit.record(
             "request",
             key=key.name,
@@ -387,6 +394,7 @@ class Agent:
             cmd=cmd,
             outcome="ok" if reply.ok else (reply.error.code if reply.error else "error"),
             duration_ms=f"{(time.perf_counter() - started) * 1000:.2f}",
+            **extra,
         )
 
     def _identify(self, frame: zmq.Frame, local: bool) -> AuthorizedKey | None:
@@ -409,6 +417,8 @@ class Agent:
         except ProtocolError as exc:
             return protocol.error_reply(exc.request_id, exc.code, str(exc)), "-"
         cmd = request.cmd
+        data = request.args.get("data")
+        self._typed = data if cmd == "session.input" and isinstance(data, str) else None
         handler = self._handlers.get(cmd)
         if handler is None or cmd not in protocol.COMMANDS:
             return protocol.error_reply(
