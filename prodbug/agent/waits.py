@@ -38,8 +38,11 @@ _DOTTED = r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*"
 _WITH_LINE = re.compile(
     rf"^\s*(?:async\s+)?with\s+({_DOTTED})\s*(?:\(\s*\))?\s*(?:as\s+\w+\s*)?[:,]")
 _ACQUIRE_LINE = re.compile(rf"({_DOTTED})\.acquire\(")
-_MAX_SOURCE = 512 * 1024
+_MAX_SOURCE = 256 * 1024
 _MAX_FILES = 256
+#: ``ast.parse`` holds the GIL: a dump parses at most this many new files (the rest on the
+#: next dumps), so a first dump of a large application never stalls the host for long.
+_PARSES_PER_DUMP = 32
 
 #: (module file basename, function name) of frames that mean "blocked in this stdlib wait".
 _STDLIB_WAITS = {
@@ -175,10 +178,18 @@ def _with_blocks_of(scope: ast.AST) -> list[_WithBlock]:
     return blocks
 
 
-def _file_blocks(filename: str) -> dict[int, list[_WithBlock]]:
+class _Budget:
+    def __init__(self, parses: int) -> None:
+        self.parses = parses
+
+
+def _file_blocks(filename: str, budget: _Budget) -> dict[int, list[_WithBlock]]:
     cached = _blocks_cache.get(filename)
     if cached is not None:
         return cached
+    if budget.parses <= 0:
+        return {}  # not now: a later dump parses it
+    budget.parses -= 1
     table: dict[int, list[_WithBlock]] = {}
     lines = linecache.getlines(filename)
     source = "".join(lines)
@@ -199,8 +210,8 @@ def _file_blocks(filename: str) -> dict[int, list[_WithBlock]]:
     return table
 
 
-def _blocks_for(code: CodeType) -> list[_WithBlock]:
-    table = _file_blocks(code.co_filename)
+def _blocks_for(code: CodeType, budget: _Budget) -> list[_WithBlock]:
+    table = _file_blocks(code.co_filename, budget)
     if code.co_name == "<module>":
         return table.get(0, [])
     return table.get(code.co_firstlineno, [])
@@ -295,9 +306,10 @@ def analyze(stacks: dict[int, list[FrameType]], running: set[int],
     holds: dict[int, list[dict[str, Any]]] = {}
     held_by: dict[int, int] = {}  # id(lock) -> holder ident
     wanted_ids = {id(lock.obj) for lock in wanted.values()}
+    budget = _Budget(_PARSES_PER_DUMP)
     for ident, frames in stacks.items():
         for frame in frames:
-            for block in _blocks_for(frame.f_code):
+            for block in _blocks_for(frame.f_code, budget):
                 if not block.body_first <= (frame.f_lineno or 0) <= block.end:
                     continue
                 lock = _as_lock(_resolve(block.expr, frame), block.expr)
