@@ -225,3 +225,72 @@ class Request(threading.Thread):
             self.result = exc
 
 
+
+
+# -- a second local user, for the attacks that local users can make ---------------------------
+
+@dataclass(frozen=True)
+class OtherUser:
+    """A second uid on this host, with a Python it can run (stdlib only: no prodbug code)."""
+
+    name: str
+    uid: int
+    gid: int
+    python: str
+
+
+def _usable_python(user: OtherUser) -> bool:
+    try:
+        return subprocess.run([user.python, "-c", "pass"], user=user.uid, group=user.gid,
+                              extra_groups=[], cwd="/", env={"PATH": "/usr/bin:/bin"},
+                              capture_output=True, timeout=30, check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def other_user() -> OtherUser:
+    """Create (once) a system user ``prodbug-other``; skip, saying why, where that cannot be."""
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("acting as a second local user needs root (to create it and switch to it)")
+    name = "prodbug-other"
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                               "/usr/sbin/nologin", name], capture_output=True, text=True,
+                              check=False)
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            pytest.skip(f"cannot create a second local user: useradd said {made.stderr.strip()!r}")
+    for python in ("/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3") or ""):
+        if python and os.path.exists(python):
+            user = OtherUser(name, entry.pw_uid, entry.pw_gid, python)
+            if _usable_python(user):
+                return user
+    pytest.skip(f"no Python that user {name} may run (pyenv's live under /root, mode 0700)")
+
+
+@pytest.fixture
+def as_other(other_user: OtherUser) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``python -c CODE ARGS...`` as the second user; every process is reaped."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(code: str, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([other_user.python, "-c", code, *args], user=other_user.uid,
+                                group=other_user.gid, extra_groups=[], cwd="/",
+                                env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        with contextlib.suppress(subprocess.SubprocessError):
+            proc.communicate(timeout=10)
