@@ -10,6 +10,7 @@ authorizes a key lives on the service's side.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import re
 import stat
@@ -51,16 +52,26 @@ class Certificate:
 
 @dataclass(frozen=True)
 class AuthorizedKey:
-    """A client key the agent accepts, with the name it is audited under and its role."""
+    """A client key the agent accepts, with the name it is audited under and its role.
+
+    ``name`` is the file name in the agent's allow-list (the service owner's choice, not
+    the certificate's metadata, which the client wrote); ``id`` is the key's fingerprint,
+    which is what sessions belong to.
+    """
 
     public_key: str
     name: str
     role: str
 
+    @property
+    def id(self) -> str:
+        return fingerprint(self.public_key)
+
 
 def fingerprint(public_key: str) -> str:
-    """A short, stable label for a Z85 public key, for logs and messages."""
-    return public_key[:8]
+    """A short, stable label for a Z85 public key, for logs and messages (16 hex digits of
+    its SHA-256: unique in practice, and shows nothing of the key itself)."""
+    return hashlib.sha256(public_key.encode("ascii", "replace")).hexdigest()[:16]
 
 
 def check_private_permissions(path: Path) -> None:
@@ -146,7 +157,7 @@ def load_authorized_keys(path: Path) -> dict[str, AuthorizedKey]:
             raise ConfigError(
                 f'{file}: role "{role}" is not one of {", ".join(ROLES)}; fix its metadata'
             )
-        keys[cert.public_key] = AuthorizedKey(cert.public_key, cert.name, role)
+        keys[cert.public_key] = AuthorizedKey(cert.public_key, file.name.split(".", 1)[0], role)
     return keys
 
 

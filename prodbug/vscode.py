@@ -2,7 +2,10 @@
 
 VS Code attaches to ``127.0.0.1:PORT`` on the operator's machine; every byte of the Debug
 Adapter Protocol travels inside the guarded ZeroMQ connection to the agent, which relays
-it to debugpy's adapter on the service's loopback. One loop, one thread: it polls the
+it to the debugger in the service (agent/dap.py). That port acts with the operator's key,
+and the operator's machine is often a shared jump host: on Linux a connection is accepted
+only from the operator's own uid (its owner, read from ``/proc/net/tcp``), and a refused
+one is said on screen. One loop, one thread: it polls the
 ZeroMQ socket, the listening socket and VS Code's connection, and pings the agent every
 second (the agent closes VS Code's side, so threads resume, when the pings stop).
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import re
 import socket
 import sys
@@ -104,6 +108,43 @@ def _confirm(message: str) -> bool:
         return False
 
 
+def _hex_address(host: str, port: int) -> str | None:
+    """``/proc/net/tcp{,6}``'s spelling of an address (host byte order, as the kernel prints)."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, host)
+        return f"{int.from_bytes(packed, 'little'):08X}:{port:04X}"
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
+        return None
+    words = [int.from_bytes(packed[i:i + 4], "little") for i in range(0, 16, 4)]
+    return "".join(f"{w:08X}" for w in words) + f":{port:04X}"
+
+
+def peer_uid(conn: socket.socket) -> int | None:
+    """The uid owning the other end of a loopback TCP connection (Linux), else None."""
+    try:
+        peer_host, peer_port = conn.getpeername()[:2]
+        local_host, local_port = conn.getsockname()[:2]
+    except OSError:
+        return None
+    want_local = _hex_address(peer_host, peer_port)
+    want_remote = _hex_address(local_host, local_port)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 7 and fields[1] == want_local and fields[2] == want_remote:
+                        return int(fields[7])
+        except OSError:
+            continue
+    return None
+
+
 class _Relay:
     def __init__(self, client: Client, session: str, listen_port: int, heartbeat: float,
                  announce: Callable[[int], None]) -> None:
@@ -117,6 +158,10 @@ class _Relay:
         self.channel: str | None = None
         self.pending: list[bytes] = []
         self.connect_rid: str | None = None
+        #: dap.connect requests whose VS Code connection closed before the answer came:
+        #: the channels they open are closed at once, never left orphaned in the agent.
+        self.orphans: set[str] = set()
+        self.check_owner = os.path.exists("/proc/net/tcp")
 
     def listen(self) -> int:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -141,6 +186,8 @@ class _Relay:
         if self.channel is not None:
             self.client.send_request("dap.disconnect",
                                      {"session": self.session, "channel": self.channel})
+        elif self.connect_rid is not None:
+            self.orphans.add(self.connect_rid)
         self.channel = None
         self.pending.clear()
         self.connect_rid = None
@@ -149,6 +196,14 @@ class _Relay:
         if self.listener is None:
             return
         conn, _ = self.listener.accept()
+        if self.check_owner:
+            uid = peer_uid(conn)
+            if uid != os.getuid():
+                conn.close()
+                who = "an unknown user" if uid is None else f"uid {uid}"
+                print(f"prodbug vscode: refused a connection from {who}: only your own "
+                      f"user (uid {os.getuid()}) may use this port", file=sys.stderr)
+                return
         if self.conn is not None and not self._hung_up(self.conn):
             conn.close()  # one VS Code at a time
             return
@@ -189,6 +244,12 @@ class _Relay:
     def on_message(self, message: protocol.Reply | protocol.Event) -> int | None:
         """Handle one message from the agent; a number means: exit with it."""
         if isinstance(message, protocol.Reply):
+            if message.id in self.orphans:
+                self.orphans.discard(message.id)
+                if message.result and "channel" in message.result:
+                    self.client.send_request("dap.disconnect", {
+                        "session": self.session, "channel": message.result["channel"]})
+                return None
             if message.error is not None:
                 if message.id == self.connect_rid or message.error.code == "not_found":
                     print(f"prodbug vscode: {message.error.message}", file=sys.stderr)

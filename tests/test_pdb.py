@@ -85,6 +85,9 @@ def test_break_in_http_handler_shows_the_request(service: Target, cli, base_env)
     child.sendline("p path")
     child.expect("'/hello-pdb'")
     child.expect(PROMPT)
+    child.sendline('p path == "hunter2-typed"')  # a secret typed into pdb
+    child.expect("False")
+    child.expect(PROMPT)
     child.sendline("c")
     child.expect(pexpect.EOF)
     request.join(60)
@@ -93,7 +96,8 @@ def test_break_in_http_handler_shows_the_request(service: Target, cli, base_env)
     records = json.loads(run_cli("audit", "--pid", str(service.pid), "--json",
                                  env=base_env).stdout)["records"]
     typed = [r["line"] for r in records if r.get("cmd") == "session.input"]
-    assert typed == ["'p path'", "'c'"]
+    # Recorded, with string literals masked: the audit log keeps no typed secrets.
+    assert typed == ["p path", "p path == '***'", "c"]
     assert [r["outcome"] for r in records if r["event"] == "session"] == [
         "detached: the thread goes on"]
 

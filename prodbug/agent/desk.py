@@ -15,18 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import zmq
-
 from prodbug import protocol
 from prodbug.agent.audit import AuditLog
 from prodbug.agent.dap import DEBUGPY, DapChannel, DapSession, slow_tracing
+from prodbug.agent.outbox import Outbox, Route
 from prodbug.agent.sessions import PdbSession, SessionError, open_session
 from prodbug.config import AgentConfig
 from prodbug.keys import AuthorizedKey
 
 __all__ = ["SessionDesk"]
 
-Route = tuple[zmq.Socket[bytes], bytes]
+#: Bytes queued for the operator above which pydevd's output is left unread for a while.
+_BACKPRESSURE = 4 << 20
 
 
 class SessionDesk:
@@ -45,6 +45,7 @@ class SessionDesk:
         self.routes: dict[str, Route] = {}
         #: Where the request being served came from (set around each dispatch).
         self.route: Route | None = None
+        self.outbox = Outbox()
         self.notify_r, self.notify_w = os.pipe()
         os.set_blocking(self.notify_w, False)
 
@@ -61,10 +62,16 @@ class SessionDesk:
         }
 
     def adapter_fds(self) -> set[int]:
+        """pydevd's connection, read whenever it is up: pydevd queues events for it even
+        with no VS Code attached, and must never be left writing into a full socket."""
+        fd = DEBUGPY.fileno()
+        if fd is None:
+            return set()
         session = self.session
-        if isinstance(session, DapSession):
-            return {c.fileno() for c in session.channels.values()}
-        return set()
+        route = self.routes.get(session.id) if session is not None else None
+        if self.outbox.queued(route) > _BACKPRESSURE:
+            return set()  # the operator's link is behind: pydevd waits, nothing is dropped
+        return {fd}
 
     def drain_notify(self) -> None:
         with contextlib.suppress(OSError):
@@ -94,7 +101,7 @@ class SessionDesk:
 
     def pdb_open(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
         self.check_free()
-        session = open_session(args, key.name, self.agent_ident(), self.wake,
+        session = open_session(args, key.id, key.name, self.agent_ident(), notify=self.wake,
                                heartbeat=self.config.session_heartbeat,
                                idle=self.config.session_idle)
         self.session = session
@@ -108,9 +115,9 @@ class SessionDesk:
         if slow_tracing() and DEBUGPY.state != "ready" and args.get("confirm") is not True:
             raise SessionError(
                 f"starting debugpy on Python {sys.version.split()[0]} makes this whole "
-                f"process run several times slower (about 8x measured on 3.11) until it "
+                f"process run several times slower (about 3x measured on 3.11) until it "
                 f"restarts; confirm to go ahead", "confirm_needed")
-        session = DapSession(key.name, self.config.session_heartbeat)
+        session = DapSession(key.id, key.name, self.config.session_heartbeat)
         self.session = session
         if self.route is not None:
             self.routes[session.id] = self.route
@@ -127,15 +134,14 @@ class SessionDesk:
 
     def dap_connect(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
         session = self.own_dap(args, key)
-        if DEBUGPY.state != "ready" or DEBUGPY.port is None:
+        if DEBUGPY.state != "ready":
             raise SessionError(f"debugpy is {DEBUGPY.state}"
                                + (f": {DEBUGPY.error}" if DEBUGPY.error else ""), "not_ready")
-        if session.channels:
-            raise SessionError("one VS Code connection at a time", "busy")
-        try:
-            channel = DapChannel(DEBUGPY.port)
-        except OSError as exc:
-            raise SessionError(f"cannot reach debugpy's adapter: {exc}", "not_ready") from None
+        for old in list(session.channels.values()):
+            # One VS Code at a time, and only this key's: a new attach replaces a channel
+            # whose VS Code went away before saying so (a port check, a cancelled attach).
+            self.close_channel(session, old, "replaced by a new VS Code connection")
+        channel = DapChannel()
         session.channels[channel.id] = channel
         return {"channel": channel.id}
 
@@ -148,9 +154,10 @@ class SessionDesk:
         if not isinstance(data, str):
             raise ValueError("data must be base64 text")
         try:
-            channel.send(base64.b64decode(data, validate=True))
+            for message in channel.take(base64.b64decode(data, validate=True)):
+                DEBUGPY.send(message)
         except (ValueError, OSError) as exc:
-            self.close_channel(session, channel, f"adapter connection failed: {exc}")
+            self.close_channel(session, channel, f"the VS Code stream failed: {exc}")
         return {}
 
     def dap_disconnect(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
@@ -163,42 +170,43 @@ class SessionDesk:
     def close_channel(self, session: DapSession, channel: DapChannel, reason: str,
                        notify: bool = True) -> None:
         session.channels.pop(channel.id, None)
-        channel.close()
+        DEBUGPY.release()  # whatever VS Code managed to say: threads resume
         if notify:
             self.send_event(session.id, protocol.Event(session.id, "dap_closed",
                                                         {"channel": channel.id,
                                                          "reason": reason}))
 
+    def send(self, route: Route, frame: bytes) -> None:
+        """Send in order, queueing what a slow link cannot take yet (see outbox.py)."""
+        self.outbox.send(route, frame)
+
     def send_event(self, session_id: str, event: protocol.Event) -> None:
         route = self.routes.get(session_id)
         if route is not None:
-            sock, ident = route
-            with contextlib.suppress(zmq.ZMQError):
-                sock.send_multipart([ident, protocol.encode_event(event)], flags=zmq.NOBLOCK)
+            self.send(route, protocol.encode_event(event))
 
     def relay_adapter(self, fd: int) -> None:
+        """pydevd's messages to the attached VS Code, if any; dropped otherwise (they
+        describe a debugging session nobody is attached to)."""
         session = self.session
-        if not isinstance(session, DapSession):
-            return
-        for channel in list(session.channels.values()):
-            if channel.fileno() != fd:
+        channel = None
+        if isinstance(session, DapSession) and not session.ended.is_set():
+            channel = next(iter(session.channels.values()), None)
+        for message in DEBUGPY.read():
+            if channel is None or session is None:
                 continue
-            data = channel.read()
-            if data is None:
-                return
-            if not data:
-                self.close_channel(session, channel, "debugpy closed the connection")
-                return
             self.send_event(session.id, protocol.Event(
                 session.id, "dap", {"channel": channel.id,
-                                    "data": base64.b64encode(data).decode("ascii")}))
+                                    "data": base64.b64encode(message).decode("ascii")}))
+        if DEBUGPY.state == "failed" and isinstance(session, DapSession):
+            session.end(f"the debugger stopped: {DEBUGPY.error}")
 
     def own_session(self, args: dict[str, Any],
                      key: AuthorizedKey) -> PdbSession | DapSession:
         session = self.session
         if session is None or args.get("session") != session.id:
             raise SessionError("no such session (it may have ended)", "not_found")
-        if session.key_name != key.name:
+        if session.key_id != key.id:  # the key itself, not a name a client may share
             raise PermissionError("that session belongs to another key")
         if self.route is not None:  # the operator may have reconnected
             self.routes[session.id] = self.route
@@ -229,6 +237,11 @@ class SessionDesk:
             return
         session.check_timeouts(time.monotonic())
         route = self.routes.get(session.id)
+        if route is not None and route in self.outbox.overflowed:
+            self.outbox.forget(route)
+            session.end(f"the operator's link is too slow: more than "
+                        f"{self.outbox.limit >> 20} MiB of the session's output could not be "
+                        f"delivered; the session ends rather than lose any of it")
         events = []
         if isinstance(session, PdbSession):
             text, prompt = session.take_output()
@@ -248,10 +261,8 @@ class SessionDesk:
                                          {"state": "ended", "reason": session.reason}))
             self.session = None
             self.routes.pop(session.id, None)
-            self.audit.record("session", key=session.key_name, pid=self.pid,
-                               mode=session.mode, outcome=session.reason)
+            self.audit.record("session", key=session.key_name, key_id=session.key_id,
+                              pid=self.pid, mode=session.mode, outcome=session.reason)
         if route is not None:
-            sock, ident = route
             for event in events:
-                with contextlib.suppress(zmq.ZMQError):
-                    sock.send_multipart([ident, protocol.encode_event(event)], flags=zmq.NOBLOCK)
+                self.send(route, protocol.encode_event(event))

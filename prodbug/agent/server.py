@@ -29,7 +29,7 @@ from zmq.utils import z85
 from prodbug import protocol, registry
 from prodbug._version import __version__
 from prodbug.agent import postmortem
-from prodbug.agent.audit import AuditLog
+from prodbug.agent.audit import AuditLog, mask_literals
 from prodbug.agent.dap import DEBUGPY, untraced
 from prodbug.agent.desk import SessionDesk
 from prodbug.agent.faults import FaultDumps
@@ -289,6 +289,9 @@ class Agent:
         if desk is None:
             return
         poller.register(desk.notify_r, zmq.POLLIN)
+        for sock in sockets:
+            if sock.socket_type == zmq.ROUTER:  # a full pipe says EAGAIN: see outbox.py
+                sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         ipc = sockets[0]
         zap = sockets[1] if len(sockets) > 1 else None
         faults = self._faults
@@ -301,6 +304,8 @@ class Agent:
             timeout = hang_timeout
             if desk.session is not None:
                 timeout = min(timeout or 1000, 1000)
+            if desk.outbox.pending:  # a slow operator's queue: retry soon
+                timeout = min(timeout or 10, 10)
             try:
                 events = dict(poller.poll(timeout))
             except zmq.ZMQError as exc:
@@ -332,6 +337,9 @@ class Agent:
                     _log.exception("agent failed to handle a message; serving on")
             try:
                 desk.pump()
+                desk.outbox.flush()
+            except zmq.ContextTerminated:
+                raise
             except Exception:
                 _log.exception("session upkeep failed; serving on")
 
@@ -379,16 +387,18 @@ class Agent:
         reply, cmd = self._dispatch([f.bytes for f in frames[1:]], key)
         if self._desk is not None:
             self._desk.route = None
-        with contextlib.suppress(zmq.ZMQError):
-            sock.send_multipart([ident, protocol.encode_reply(reply)], flags=zmq.NOBLOCK)
+            self._desk.send((sock, ident), protocol.encode_reply(reply))
         if cmd in _UNAUDITED and reply.ok:
             return
         extra = {}
         if cmd == "session.input" and self._typed is not None:
-            extra["line"] = repr(self._typed)[:200]  # what the operator ran in pdb
+            # What the operator ran in pdb, with string literals masked: a password typed
+            # into a pdb expression must not end up in a log file.
+            extra["line"] = mask_literals(self._typed)[:200]
         self._audit.record(
             "request",
             key=key.name,
+            key_id=key.id,
             role=key.role,
             pid=self.pid,
             cmd=cmd,
@@ -399,7 +409,8 @@ class Agent:
 
     def _identify(self, frame: zmq.Frame, local: bool) -> AuthorizedKey | None:
         if local:
-            return AuthorizedKey("", f"local:uid{os.getuid()}", "debugger")
+            uid = os.getuid()
+            return AuthorizedKey(f"local:uid{uid}", f"local:uid{uid}", "debugger")
         try:
             public = frame.get("User-Id")
         except zmq.ZMQError:

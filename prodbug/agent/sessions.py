@@ -111,9 +111,10 @@ class _AgentPdb(pdb.Pdb):
 class PdbSession:
     """One operator's pdb session in this process."""
 
-    def __init__(self, key_name: str, mode: str, notify: Callable[[], None],
-                 heartbeat: float, idle: float) -> None:
-        self.id = secrets.token_hex(6)
+    def __init__(self, key_id: str, key_name: str, mode: str, *,
+                 notify: Callable[[], None], heartbeat: float, idle: float) -> None:
+        self.id = secrets.token_hex(8)
+        self.key_id = key_id
         self.key_name = key_name
         self.mode = mode
         self.opened_at = time.time()
@@ -286,11 +287,12 @@ def _arm_break(session: PdbSession, args: dict[str, Any]) -> None:
                    f"to reach it\n")
 
 
-def open_session(args: dict[str, Any], key_name: str, agent_ident: int | None,
-                 notify: Callable[[], None], *, heartbeat: float, idle: float) -> PdbSession:
+def open_session(args: dict[str, Any], key_id: str, key_name: str, agent_ident: int | None, *,
+                 notify: Callable[[], None], heartbeat: float, idle: float) -> PdbSession:
     """Start a session as ``args`` asks (``mode``: thread, break, inspect, post_mortem)."""
     mode = args.get("mode")
-    session = PdbSession(key_name, str(mode), notify, heartbeat, idle)
+    session = PdbSession(key_id, key_name, str(mode), notify=notify, heartbeat=heartbeat,
+                         idle=idle)
     if mode == "thread":
         thread = _find_thread(str(args.get("thread", "")), agent_ident)
         frame = sys._current_frames().get(thread.ident or 0)
@@ -326,5 +328,6 @@ def open_session(args: dict[str, Any], key_name: str, agent_ident: int | None,
 
 
 def _spawn(session: PdbSession, frame: FrameType | None, tb: TracebackType | None) -> None:
+    # No session id in the name: observers see thread names.
     untraced(threading.Thread(target=session.run_looking, args=(frame, tb), daemon=True,
-                              name=f"prodbug-pdb-{session.id}")).start()
+                              name="prodbug-pdb")).start()
