@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 
 from prodbug.keys import write_certificate_pair
@@ -294,3 +297,78 @@ def as_other(other_user: OtherUser) -> Iterator[Callable[..., subprocess.Popen[s
             proc.kill()
         with contextlib.suppress(subprocess.SubprocessError):
             proc.communicate(timeout=10)
+
+
+# -- the interactive CLIs: prodbug vscode and prodbug pdb ---------------------------------
+
+class VscodeCli:
+    """``prodbug vscode`` running in the background, its stderr followed line by line."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "prodbug", "vscode", *args],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.err: list[str] = []
+        self.out: list[str] = []
+        for stream, sink in ((self.proc.stderr, self.err), (self.proc.stdout, self.out)):
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream: object, sink: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            sink.append(line)
+
+    def port(self) -> int:
+        def ready() -> bool:
+            return any("ready: attach VS Code" in line for line in self.err)
+        assert wait_for(ready, timeout=90), "".join(self.err)
+        line = next(line for line in self.err if "ready: attach VS Code" in line)
+        match = re.search(r"127\.0\.0\.1:(\d+)", line)
+        assert match is not None
+        return int(match[1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def vscode(base_env: dict[str, str]) -> Iterator[type[VscodeCli]]:
+    started: list[VscodeCli] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> VscodeCli:
+        cli = VscodeCli(env or base_env, *args)
+        started.append(cli)
+        return cli
+
+    yield start  # type: ignore[misc]
+    for cli in started:
+        cli.stop()
+
+
+@pytest.fixture
+def cli(base_env: dict[str, str],
+        request: pytest.FixtureRequest) -> Iterator[Callable[..., pexpect.spawn]]:
+    started: list[pexpect.spawn] = []
+
+    def start(*args: str) -> pexpect.spawn:
+        child = pexpect.spawn(sys.executable, ["-m", "prodbug", *args], env=base_env,
+                              encoding="utf-8", timeout=60)
+        child.logfile_read = io.StringIO()
+        started.append(child)
+        return child
+
+    yield start
+    failed = getattr(request.node, "rep_call", None)
+    for child in started:
+        if failed is not None and failed.failed:
+            sys.stderr.write(f"--- terminal of {child.args}:\n{child.logfile_read.getvalue()}\n")
+        if child.isalive():
+            child.terminate(force=True)
+        child.close()
+
+

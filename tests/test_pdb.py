@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pexpect
@@ -17,28 +16,6 @@ PROMPT = r"\(Pdb\) "
 BREAK_LINE = next(n for n, text in enumerate(
     (TARGETS / "service.py").read_text().splitlines(), 1) if "# BREAK" in text)
 MONITORING = sys.version_info >= (3, 12)
-
-
-@pytest.fixture
-def cli(base_env: dict[str, str],
-        request: pytest.FixtureRequest) -> Iterator[Callable[..., pexpect.spawn]]:
-    started: list[pexpect.spawn] = []
-
-    def start(*args: str) -> pexpect.spawn:
-        child = pexpect.spawn(sys.executable, ["-m", "prodbug", *args], env=base_env,
-                              encoding="utf-8", timeout=60)
-        child.logfile_read = io.StringIO()
-        started.append(child)
-        return child
-
-    yield start
-    failed = getattr(request.node, "rep_call", None)
-    for child in started:
-        if failed is not None and failed.failed:
-            sys.stderr.write(f"--- terminal of {child.args}:\n{child.logfile_read.getvalue()}\n")
-        if child.isalive():
-            child.terminate(force=True)
-        child.close()
 
 
 def _break(cli: Callable[..., pexpect.spawn], target: Target, path: str) -> tuple[

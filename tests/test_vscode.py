@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
-import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,55 +15,6 @@ SERVICE = str(TARGETS / "service.py")
 LINES = (TARGETS / "service.py").read_text().splitlines()
 WORK_LINE = next(n for n, t in enumerate(LINES, 1) if t.strip() == "i += 1")
 HANDLER_LINE = next(n for n, t in enumerate(LINES, 1) if "# BREAK" in t)
-
-
-class VscodeCli:
-    """``prodbug vscode`` running in the background, its stderr followed line by line."""
-
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "prodbug", "vscode", *args],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
-        self.err: list[str] = []
-        self.out: list[str] = []
-        for stream, sink in ((self.proc.stderr, self.err), (self.proc.stdout, self.out)):
-            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(stream: object, sink: list[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            sink.append(line)
-
-    def port(self) -> int:
-        def ready() -> bool:
-            return any("ready: attach VS Code" in line for line in self.err)
-        assert wait_for(ready, timeout=90), "".join(self.err)
-        line = next(line for line in self.err if "ready: attach VS Code" in line)
-        match = re.search(r"127\.0\.0\.1:(\d+)", line)
-        assert match is not None
-        return int(match[1])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.fixture
-def vscode(base_env: dict[str, str]) -> Iterator[type[VscodeCli]]:
-    started: list[VscodeCli] = []
-
-    def start(*args: str) -> VscodeCli:
-        cli = VscodeCli(base_env, *args)
-        started.append(cli)
-        return cli
-
-    yield start  # type: ignore[misc]
-    for cli in started:
-        cli.stop()
 
 
 def _stopped_in(dap: DapClient, function: str) -> tuple[int, dict[str, object]]:

@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEBUGPY", "DapChannel", "DapSession", "Debugpy", "slow_tracing", "split_messages",
-           "untraced"]
+__all__ = ["DEBUGPY", "DapChannel", "DapSession", "Debugpy", "is_own_thread", "slow_tracing",
+           "split_messages", "untraced"]
 
 _log = logging.getLogger("prodbug.agent")
 _READ = 256 * 1024
@@ -51,11 +51,20 @@ _ACCEPT_TIMEOUT = 10.0
 
 
 def untraced(thread: threading.Thread) -> threading.Thread:
-    """Mark one of our threads so that debugpy (pydevd) never traces or suspends it: a
-    breakpoint that stops "all threads" must not stop the thread relaying the session."""
+    """Mark one of our threads so that no debugger ever stops it: debugpy (pydevd) never
+    traces or suspends it (a breakpoint that stops "all threads" must not stop the thread
+    relaying the session), and prodbug's own pdb hooks pass it by (``is_own_thread``)."""
     thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
     thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
+    thread.prodbug_own = True  # type: ignore[attr-defined]
     return thread
+
+
+def is_own_thread(thread: threading.Thread | None = None) -> bool:
+    """Whether ``thread`` (default: the calling one) is prodbug's or the debugger's own."""
+    thread = thread if thread is not None else threading.current_thread()
+    attrs = vars(thread)  # a plain dict read: no host code, whatever the Thread subclass
+    return bool(attrs.get("prodbug_own") or attrs.get("is_pydev_daemon_thread"))
 
 
 def slow_tracing() -> bool:
@@ -119,6 +128,7 @@ class Debugpy:
         self._inbox = bytearray()
         self._own_seq = _OWN_SEQ_BASE
         self._own_requests: set[int] = set()
+        self._send_lock = threading.Lock()  # the agent thread, and the watchdog
 
     def ensure(self, notify: Callable[[], None], log_file: Path) -> None:
         """Connect pydevd in the background if it is not connected yet; pydevd's own
@@ -133,6 +143,7 @@ class Debugpy:
     def _start(self, notify: Callable[[], None], log_file: Path) -> None:
         started = time.perf_counter()
         listener: socket.socket | None = None
+        environ_before = set(os.environ)
         try:
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             listener.bind(("127.0.0.1", 0))
@@ -159,6 +170,11 @@ class Debugpy:
         finally:
             if listener is not None:
                 listener.close()  # no port stays open, whatever happened
+            # pydevd exports settings for the children it would debug; ours stay unpatched,
+            # and the host's children must not inherit any of it.
+            for name in set(os.environ) - environ_before:
+                if name.startswith(("PYDEVD", "DEBUGPY")):
+                    os.environ.pop(name, None)
         notify()
 
     def fileno(self) -> int | None:
@@ -196,18 +212,21 @@ class Debugpy:
         conn = self.conn
         if conn is None:
             raise OSError("pydevd is not connected")
-        conn.sendall(message)
+        with self._send_lock:
+            conn.sendall(message)
 
     def release(self) -> None:
         """Detach the debugger: breakpoints off, every stopped thread resumes."""
         if self.conn is None:
             return
-        self._own_seq += 1
-        self._own_requests.add(self._own_seq)
-        if len(self._own_requests) > 64:  # answers that never came: do not grow for ever
-            self._own_requests = set(sorted(self._own_requests)[-16:])
+        with self._send_lock:
+            self._own_seq += 1
+            seq = self._own_seq
+            self._own_requests.add(seq)
+            if len(self._own_requests) > 64:  # answers that never came: do not grow for ever
+                self._own_requests = set(sorted(self._own_requests)[-16:])
         with contextlib.suppress(OSError):
-            self.send(_frame({"seq": self._own_seq, "type": "request", "command": "disconnect",
+            self.send(_frame({"seq": seq, "type": "request", "command": "disconnect",
                               "arguments": {"restart": False, "terminateDebuggee": False}}))
 
     def _lost(self, why: str) -> None:

@@ -10,6 +10,7 @@ import base64
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 from prodbug import protocol
 from prodbug.agent.audit import AuditLog
-from prodbug.agent.dap import DEBUGPY, DapChannel, DapSession, slow_tracing
+from prodbug.agent.dap import DEBUGPY, DapChannel, DapSession, slow_tracing, untraced
 from prodbug.agent.outbox import Outbox, Route
 from prodbug.agent.sessions import PdbSession, SessionError, open_session
 from prodbug.config import AgentConfig
@@ -107,6 +108,7 @@ class SessionDesk:
         self.session = session
         if self.route is not None:
             self.routes[session.id] = self.route
+        self.watch(session)
         return {**session.facts(), "heartbeat": self.config.session_heartbeat,
                 "idle": self.config.session_idle, "python": sys.version.split()[0]}
 
@@ -121,10 +123,18 @@ class SessionDesk:
         self.session = session
         if self.route is not None:
             self.routes[session.id] = self.route
+        self.watch(session)
         DEBUGPY.ensure(self.wake, self.runtime_dir() / f"debugpy-{self.pid}.log")
         return {**session.facts(), **DEBUGPY.facts(), "remote_root": os.getcwd(),
                 "python": sys.version.split()[0], "slow_tracing": slow_tracing(),
                 "heartbeat": self.config.session_heartbeat}
+
+    def watch(self, session: PdbSession | DapSession) -> None:
+        """Expire ``session`` from a thread of its own as well as from the agent's loop: if
+        the agent thread is ever stuck (a host lock, a C call), an operator who is gone
+        still lets go of every stopped thread within the heartbeat."""
+        untraced(threading.Thread(target=_watchdog, args=(session, self.wake),
+                                  name="prodbug-watchdog", daemon=True)).start()
 
     def own_dap(self, args: dict[str, Any], key: AuthorizedKey) -> DapSession:
         session = self.own_session(args, key)
@@ -266,3 +276,15 @@ class SessionDesk:
         if route is not None:
             for event in events:
                 self.send(route, protocol.encode_event(event))
+
+
+def _watchdog(session: PdbSession | DapSession, wake: Callable[[], None]) -> None:
+    # Runs nothing of the host's and logs nothing (logging takes the host's locks).
+    try:
+        while not session.ended.wait(1.0):
+            session.check_timeouts(time.monotonic())
+        if isinstance(session, DapSession):
+            DEBUGPY.release()  # stopped threads resume even if the agent thread is stuck
+        wake()
+    except Exception:  # noqa: S110 (a daemon thread of ours: never raise into the host)
+        pass

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from types import CodeType, FrameType, FunctionType, ModuleType
 from typing import Any
 
+from prodbug.agent.dap import is_own_thread
+
 __all__ = ["Hook", "arm_break", "arm_thread", "find_code", "monitoring_available"]
 
 OnHit = Callable[[FrameType], Any]
@@ -104,6 +106,8 @@ class _MonitoringHook(Hook):
     def _maybe_stop(self, code: CodeType) -> None:
         if self._thread is not None and threading.get_ident() != self._thread:
             return
+        if is_own_thread():  # the agent answers (and ends sessions) whatever pdb does
+            return
         frame = sys._getframe(2)  # _maybe_stop <- _on_line <- the running frame
         if frame.f_code is not code or sys.gettrace() is not None:
             return  # another tracer owns this thread: never fight it
@@ -148,8 +152,8 @@ class _SettraceHook(Hook):
             return None
 
     def _global_checked(self, frame: FrameType, event: str) -> Any:
-        if not self._active:
-            sys.settrace(None)  # session over: this thread drops the hook by itself
+        if not self._active or is_own_thread():
+            sys.settrace(None)  # session over, or one of ours: this thread drops the hook
             return None
         if event == "call" and frame.f_code in self._codes:
             return self._local

@@ -378,9 +378,17 @@ class Agent:
         except zmq.Again:
             return
         ident = frames[0].bytes
-        key = self._identify(frames[-1], local)
+        key, public = self._identify(frames[-1], local)
         if key is None:
-            return  # cannot happen after ZAP said yes; drop rather than guess
+            if public is not None and self._desk is not None:
+                # Authorized at its handshake, removed from the allow-list since: say so
+                # (a silent drop reads as "the process may be frozen" on the other side).
+                self._desk.send((sock, ident), protocol.encode_reply(protocol.error_reply(
+                    "", "forbidden", "this key is no longer authorized by the agent (it was "
+                    "removed from PRODBUG_AUTHORIZED_KEYS)")))
+                self._audit.record("denied", key_id=fingerprint(public),
+                                   reason="key revoked")
+            return
         started = time.perf_counter()
         if self._desk is not None:
             self._desk.route = (sock, ident)
@@ -407,17 +415,20 @@ class Agent:
             **extra,
         )
 
-    def _identify(self, frame: zmq.Frame, local: bool) -> AuthorizedKey | None:
+    def _identify(self, frame: zmq.Frame,
+                  local: bool) -> tuple[AuthorizedKey | None, str | None]:
+        """The key a request came with (reloading a changed allow-list first: a removed
+        key is refused on its open connection too), and its public key."""
         if local:
             uid = os.getuid()
-            return AuthorizedKey(f"local:uid{uid}", f"local:uid{uid}", "debugger")
+            return AuthorizedKey(f"local:uid{uid}", f"local:uid{uid}", "debugger"), None
         try:
             public = frame.get("User-Id")
         except zmq.ZMQError:
-            return None
+            return None, None
         if self._keyring is None or not isinstance(public, str):
-            return None
-        return self._keyring.keys.get(public)
+            return None, None
+        return self._keyring.lookup(public), public
 
     def _dispatch(self, body: list[bytes], key: AuthorizedKey) -> tuple[protocol.Reply, str]:
         if len(body) != 1:

@@ -27,7 +27,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from prodbug.agent import hooks, postmortem
-from prodbug.agent.dap import untraced
+from prodbug.agent.dap import is_own_thread, untraced
 from prodbug.errors import ProdbugError
 
 __all__ = ["DETACH", "PdbSession", "SessionError", "open_session"]
@@ -253,11 +253,12 @@ class PdbSession:
 def _find_thread(spec: str, agent_ident: int | None) -> threading.Thread:
     for thread in threading.enumerate():
         if spec in (thread.name, str(thread.ident), str(thread.native_id)):
-            if thread.ident == agent_ident:
-                raise SessionError("that is the prodbug agent's own thread", "not_found")
+            if thread.ident == agent_ident or is_own_thread(thread):
+                raise SessionError("that is one of prodbug's (or the debugger's) own "
+                                   "threads, which never stop", "not_found")
             return thread
     names = ", ".join(sorted(repr(t.name) for t in threading.enumerate()
-                             if t.ident != agent_ident))
+                             if t.ident != agent_ident and not is_own_thread(t)))
     raise SessionError(f"no thread named or numbered {spec!r}; threads: {names}", "not_found")
 
 
