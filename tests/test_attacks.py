@@ -325,11 +325,13 @@ def test_a_slow_operator_link_loses_no_reply(tcp_service: Target, keys: Keys, ba
     dap = DapClient(started.port())
     dap.attach({SERVICE: [WORK_LINE]})
     thread, frame = _stopped_in(dap, "work")
-    sent = [dap.send("evaluate", expression="'x' * 300000", frameId=frame["id"],
+    # The case: 40 replies of 100 KB over a 2 MB/s link (tests/test_outbox.py fills
+    # the agent's pipe to a peer that does not read at all, deterministically).
+    sent = [dap.send("evaluate", expression="'x' * 100000", frameId=frame["id"],
                      context="clipboard") for _ in range(40)]
     replies = [dap.response(seq) for seq in sent]
     assert [r.get("success") for r in replies] == [True] * 40
-    assert all(len(r["body"]["result"]) >= 300000 for r in replies)
+    assert all(len(r["body"]["result"]) >= 100000 for r in replies)
     dap.request("continue", threadId=thread)
     dap.request("disconnect", restart=False, terminateDebuggee=False)
     dap.close()
