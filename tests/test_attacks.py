@@ -387,3 +387,38 @@ def test_a_removed_key_is_refused_at_once_on_open_and_new_connections(spawn, age
     with Client(target.tcp, creds, timeout=30) as fresh, \
             pytest.raises(AuthError, match="not authorized"):
         fresh.request("ping")
+
+
+def test_an_orphaned_channel_never_blocks_the_next_attach(service: Target,
+                                                          runtime_dir: Path) -> None:
+    """The agent's side of item 16, with no race: a channel nobody uses or closes (its VS
+    Code went away before the answer came) is replaced by the next attach."""
+    import base64
+    import time
+
+    from prodbug import protocol
+
+    with Client(f"ipc://{runtime_dir}/{service.pid}.sock", timeout=30) as client:
+        session = client.request("dap.open", {"confirm": True})["session"]
+        deadline = time.monotonic() + 60
+        ready = False
+        while not ready and time.monotonic() < deadline:
+            client.send_request("session.ping", {"session": session})
+            message = client.poll_message(0.5)
+            ready = isinstance(message, protocol.Event) and message.kind == "dap_ready"
+        assert ready
+        client.request("dap.connect", {"session": session})  # orphaned: never used or closed
+        channel = client.request("dap.connect", {"session": session})["channel"]
+        body = json.dumps({"seq": 1, "type": "request", "command": "initialize",
+                           "arguments": {"adapterID": "debugpy"}}).encode()
+        framed = b"Content-Length: %d\r\n\r\n" % len(body) + body
+        client.request("dap.send", {"session": session, "channel": channel,
+                                    "data": base64.b64encode(framed).decode()})
+        stream = b""
+        while b'"command": "initialize"' not in stream and time.monotonic() < deadline:
+            message = client.poll_message(0.5)
+            if isinstance(message, protocol.Event) and message.kind == "dap":
+                assert message.data["channel"] == channel
+                stream += base64.b64decode(message.data["data"])
+        assert b'"success": true' in stream and b'"command": "initialize"' in stream
+        client.request("session.close", {"session": session})
