@@ -254,9 +254,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
         return 0
-    for rec in result.get("records", []):
-        rest = " ".join(f"{k}={v}" for k, v in rec.items() if k not in ("time", "event"))
-        print(f"{rec.get('time', '?')}  {rec.get('event', '?'):8}  {rest}")
+    from prodbug.render import render_audit
+
+    sys.stdout.write(render_audit(result.get("records", [])))
     return 0
 
 
@@ -314,8 +314,12 @@ def _cmd_vscode(args: argparse.Namespace) -> int:
 def _cmd_ps(args: argparse.Namespace) -> int:
     from prodbug import registry
     from prodbug.render import render_ps
+    from prodbug.textsafe import printable
 
-    entries = list(registry.list_entries())
+    notes: list[str] = []
+    entries = list(registry.list_entries(notes=notes))
+    for note in notes:  # e.g. a default directory another user took: never hide it
+        print(f"prodbug ps: {printable(note)}", file=sys.stderr)
     if args.json:
         _print_json({"agents": entries})
     else:
@@ -341,7 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ProdbugError as exc:
         if args.debug:
             raise
-        print(f"prodbug {args.command}: {exc}", file=sys.stderr)
+        from prodbug.textsafe import printable  # the message may quote the agent
+
+        print(f"prodbug {args.command}: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

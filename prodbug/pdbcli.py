@@ -26,6 +26,7 @@ import zmq
 from prodbug import protocol
 from prodbug.client import Client
 from prodbug.errors import RemoteError, TargetUnreachable
+from prodbug.textsafe import printable
 
 __all__ = ["run_pdb"]
 
@@ -147,8 +148,8 @@ def run_pdb(client: Client, open_args: dict[str, Any]) -> int:
 def _run(client: Client, open_args: dict[str, Any], wakeup: int) -> int:
     opened = client.request("pdb.open", open_args)
     session = str(opened["session"])
-    print(f"prodbug: pdb session {session} "
-          f"(Python {opened.get('python', '?')}); the agent lets the thread go "
+    print(f"prodbug: pdb session {printable(session)} "
+          f"(Python {printable(opened.get('python', '?'))}); the agent lets the thread go "
           f"{opened.get('heartbeat', 5):g}s after this terminal goes away", file=sys.stderr)
     if sys.stdin.isatty():
         _readline_setup()
@@ -164,11 +165,13 @@ def _run(client: Client, open_args: dict[str, Any], wakeup: int) -> int:
                 else:
                     raise
             if kind == "output":
-                sys.stdout.write(data.get("text") or "")
+                # pdb prints what the host's objects say of themselves: keep the lines,
+                # never the escape sequences.
+                sys.stdout.write(printable(data.get("text") or "", multiline=True))
                 sys.stdout.flush()
                 prompt = data.get("prompt")
                 if prompt is not None and not relay.over:
-                    line = _ask(prompt, relay)
+                    line = _ask(printable(prompt), relay)
                     if line is not None:
                         relay.lines.put(line)
             elif kind in ("state", "error", "lost"):
@@ -212,7 +215,7 @@ def _ended(kind: str, data: Any, interrupted: bool) -> int:
     if interrupted:
         print("\nprodbug: Ctrl-C: the thread goes on; detached", file=sys.stderr)
     if kind == "state":
-        print(f"prodbug: session ended: {data.get('reason', '')}", file=sys.stderr)
+        print(f"prodbug: session ended: {printable(data.get('reason', ''))}", file=sys.stderr)
         return 130 if interrupted else 0
     if kind == "error":
         if data.code == "not_found":

@@ -1,4 +1,8 @@
-"""Human output: stack dumps, process info and the local agent list."""
+"""Human output: stack dumps, process info, the local agent list and the audit trail.
+
+Every renderer first makes what the service sent printable (``textsafe``: a thread name or
+a local may carry terminal escape sequences), then lays it out and colours it.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,12 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from prodbug.textsafe import printable, printable_tree
+
 _STDLIB = re.compile(r"/lib/python3\.\d+/")
 
-__all__ = ["Style", "format_duration", "render_info", "render_ps", "render_stacks"]
+__all__ = ["Style", "format_duration", "render_audit", "render_info", "render_ps",
+           "render_stacks"]
 
 
 class Style:
@@ -55,9 +62,16 @@ def _natural(name: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+def _q(text: Any) -> str:
+    """Quoted like ``repr`` quotes a name, for text already made printable (``repr`` would
+    double the backslashes of its escapes)."""
+    text = str(text)
+    return f'"{text}"' if "'" in text and '"' not in text else f"'{text}'"
+
+
 def _names(names: list[str], most: int = 6) -> str:
-    ordered = sorted(names, key=_natural)
-    text = ", ".join(repr(n) for n in ordered[:most])
+    ordered = sorted(names, key=lambda n: _natural(str(n)))
+    text = ", ".join(_q(n) for n in ordered[:most])
     return text + (", ..." if len(ordered) > most else "")
 
 
@@ -100,7 +114,7 @@ def _wait_text(thread: dict[str, Any], names: dict[int, str]) -> str:
     owner = wait.get("owner")
     if owner is not None:
         who = wait.get("owner_name") or names.get(owner) or str(owner)
-        text += f" held by {who!r}"
+        text += f" held by {_q(who)}"
     return text
 
 
@@ -117,7 +131,7 @@ def _thread_header(thread: dict[str, Any], names: dict[int, str], style: Style) 
     if thread.get("daemon"):
         facts.append("daemon")
     tid = thread.get("native_id") or thread.get("ident")
-    return f"Thread {tid} {style.bold(repr(thread['name']))} ({', '.join(facts)})"
+    return f"Thread {tid} {style.bold(_q(thread['name']))} ({', '.join(facts)})"
 
 
 def _render_threads(lines: list[str], result: dict[str, Any], style: Style,
@@ -153,7 +167,7 @@ def _render_tasks(lines: list[str], result: dict[str, Any], style: Style, group:
     tasks = result.get("tasks") or []
     for loop in result.get("loops") or []:
         mine = [t for t in tasks if t["loop"] == loop["id"]]
-        where = (f"thread {loop['thread_name']!r}" if loop.get("thread_name")
+        where = (f"thread {_q(loop['thread_name'])}" if loop.get("thread_name")
                  else "no running thread")
         lines.append(style.bold(f"Event loop {loop['type']} in {where}: {len(mine)} tasks"))
         groups = [g for g in result.get("task_groups") or [] if g.get("loop") == loop["id"]]
@@ -177,7 +191,7 @@ def _render_dump_threads(lines: list[str], threads: list[dict[str, Any]],
                          names: dict[int, str], style: Style) -> None:
     for thread in threads:
         name = names.get(thread["ident"])
-        label = f"Thread {thread['ident']:#x}" + (f" {name!r}" if name else "")
+        label = f"Thread {thread['ident']:#x}" + (f" {_q(name)}" if name else "")
         if thread.get("current"):
             label += " (received the signal)"
         lines.append("  " + style.bold(label))
@@ -187,6 +201,13 @@ def _render_dump_threads(lines: list[str], threads: list[dict[str, Any]],
 def render_stacks(result: dict[str, Any], style: Style, *, group: bool = True) -> str:
     """One process: deadlocks first, then threads (identical stacks grouped when there
     are many), event loops with their tasks, and the latest hang dump."""
+    hang = result.get("hang_dump")
+    hang_threads: list[dict[str, Any]] = []
+    if isinstance(hang, dict):
+        from prodbug.faultdump import parse_dump
+
+        hang_threads = printable_tree(parse_dump(str(hang.get("text") or "")))
+    result = printable_tree(result)
     threads = result["threads"]
     hidden = sum(1 for t in threads if t.get("agent"))
     lines = [
@@ -212,14 +233,12 @@ def render_stacks(result: dict[str, Any], style: Style, *, group: bool = True) -
     _render_tasks(lines, result, style, group)
     hang = result.get("hang_dump")
     if hang:
-        from prodbug.faultdump import parse_dump
-
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(hang["time"])))
         lines.append(style.red(style.bold(
             f"Latest hang dump, {stamp}: no Python thread could run for "
             f"{hang.get('seconds') or '?'}s")))
         names = {t["ident"]: t["name"] for t in threads}
-        _render_dump_threads(lines, parse_dump(hang.get("text", "")), names, style)
+        _render_dump_threads(lines, hang_threads, names, style)
     if result.get("locals_redacted"):
         lines.append(style.dim("(locals whose names look secret are redacted; a debugger key "
                                "may ask for them with --no-redact)"))
@@ -228,6 +247,7 @@ def render_stacks(result: dict[str, Any], style: Style, *, group: bool = True) -
 
 def render_info(result: dict[str, Any], style: Style) -> str:
     """``prodbug info`` as aligned ``key: value`` lines."""
+    result = printable_tree(result)
     agent = result.get("agent", {})
     debug = result.get("debug", {})
     loaded = [k.removesuffix("_loaded") for k, v in debug.items()
@@ -265,6 +285,7 @@ def render_info(result: dict[str, Any], style: Style) -> str:
 
 def render_ps(entries: list[dict[str, Any]], style: Style) -> str:
     """The local agents as a table."""
+    entries = printable_tree(entries)
     if not entries:
         return "no local agents\n"
     now = time.time()
@@ -285,3 +306,20 @@ def render_ps(entries: list[dict[str, Any]], style: Style) -> str:
         line = "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
         out.append(style.bold(line) if n == 0 else line)
     return "\n".join(out) + "\n"
+
+
+def render_audit(records: list[dict[str, Any]]) -> str:
+    """``prodbug audit``: one record a line, time and event first, then ``key=value``.
+
+    A record holds what clients sent (a command name, a line typed into pdb): a newline or
+    an escape sequence in it must neither forge a record nor reach the terminal.
+    """
+    out = []
+    for rec in printable_tree(records):
+        if not isinstance(rec, dict):
+            out.append(printable(rec))
+            continue
+        rest = " ".join(f"{k}={printable(v)}" for k, v in rec.items()
+                        if k not in ("time", "event"))
+        out.append(f"{rec.get('time', '?')}  {rec.get('event', '?')!s:8}  {rest}")
+    return "".join(line + "\n" for line in out)

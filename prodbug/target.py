@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 
 from prodbug import registry
@@ -26,15 +27,25 @@ class Target:
         return self.endpoint.startswith("tcp://")
 
 
+def _warn(notes: list[str]) -> None:
+    # Someone else's files where ours are looked for: worth a line even when we found ours.
+    for note in notes:
+        print(f"prodbug: {note}", file=sys.stderr)
+
+
 def resolve_target(text: str | None, pid: int | None = None) -> Target:
     """Turn the CLI's TARGET and ``--pid`` into an endpoint."""
     if pid is not None:
         if text:
             raise ConfigError("give either a TARGET or --pid, not both")
-        entry = registry.find_entry(pid)
+        notes: list[str] = []
+        entry = registry.find_entry(pid, notes)
+        _warn(notes)
         return Target(str(entry["endpoint"]), pid)
     if not text:
-        entries = list(registry.list_entries())
+        notes = []
+        entries = list(registry.list_entries(notes=notes))
+        _warn(notes)
         if len(entries) == 1:
             return Target(str(entries[0]["endpoint"]), int(entries[0]["pid"]))
         if not entries:

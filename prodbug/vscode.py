@@ -29,6 +29,7 @@ import zmq
 from prodbug import protocol
 from prodbug.client import Client
 from prodbug.errors import ConfigError, RemoteError, TargetUnreachable
+from prodbug.textsafe import printable
 
 __all__ = ["launch_config", "merge_launch_json", "run_vscode"]
 
@@ -101,7 +102,7 @@ def merge_launch_json(path: Path, config: dict[str, Any]) -> str:
 def _confirm(message: str) -> bool:
     if not sys.stdin.isatty():
         return False
-    print(f"prodbug vscode: {message}", file=sys.stderr)
+    print(f"prodbug vscode: {printable(message)}", file=sys.stderr)
     try:
         return input("start debugpy anyway? [y/N] ").strip().lower() in ("y", "yes")
     except EOFError:
@@ -252,10 +253,10 @@ class _Relay:
                 return None
             if message.error is not None:
                 if message.id == self.connect_rid or message.error.code == "not_found":
-                    print(f"prodbug vscode: {message.error.message}", file=sys.stderr)
+                    print(f"prodbug vscode: {printable(message.error.message)}", file=sys.stderr)
                     self.close_conn("the agent refused")
                 else:
-                    print(f"prodbug vscode: {message.error.message}", file=sys.stderr)
+                    print(f"prodbug vscode: {printable(message.error.message)}", file=sys.stderr)
             elif message.id == self.connect_rid and message.result:
                 self.channel = str(message.result["channel"])
                 for chunk in self.pending:
@@ -270,17 +271,18 @@ class _Relay:
                 self.close_conn("VS Code hung up")
         elif kind == "dap_closed" and data.get("channel") == self.channel:
             self.channel = None
-            self.close_conn(str(data.get("reason", "closed by the agent")))
+            self.close_conn(printable(str(data.get("reason", "closed by the agent"))))
         elif kind == "dap_ready":
             if data.get("debugpy") != "ready":
                 raise RemoteError(f"debugpy did not start in the service: "
-                                  f"{data.get('debugpy_error')}", "not_ready")
+                                  f"{printable(str(data.get('debugpy_error')))}", "not_ready")
             port = self.listen()
             self.announce(port)
             print(f"prodbug vscode: ready: attach VS Code to 127.0.0.1:{port} "
                   f"(Ctrl-C to stop)", file=sys.stderr)
         elif kind == "state" and data.get("state") == "ended":
-            print(f"prodbug vscode: session ended: {data.get('reason', '')}", file=sys.stderr)
+            print(f"prodbug vscode: session ended: {printable(str(data.get('reason', '')))}",
+                  file=sys.stderr)
             return 0
         return None
 
@@ -344,7 +346,8 @@ def run_vscode(client: Client, *, port: int, local_root: str, remote_root: str |
             print(f"prodbug vscode: {merge_launch_json(launch_json, config)}", file=sys.stderr)
 
     if opened.get("slow_tracing"):
-        print(f"prodbug vscode: Python {opened.get('python')}: the service runs slower from "
+        print(f"prodbug vscode: Python {printable(str(opened.get('python')))}: the service "
+              f"runs slower from "
               f"now until it restarts", file=sys.stderr)
     if opened.get("debugpy") != "ready":
         print("prodbug vscode: starting debugpy in the service (once per process)...",
