@@ -112,6 +112,9 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--sessions", type=int, default=5)
+    parser.add_argument("--only", type=lambda text: {int(n) for n in text.split(",")},
+                        default=set(range(1, 7)), metavar="N[,N]",
+                        help="run only these sections (default: all)")
     opts = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pbbench-", dir="/tmp"))
     try:
@@ -126,6 +129,20 @@ def main() -> int:
         creds = Credentials(load_certificate(client_sec), load_certificate(server_pub).public_key)
         print(f"prodbug bench on Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
 
+        if opts.only & {1, 2, 3, 4}:
+            _sections_1_to_4(opts, env, creds, client_sec, server_pub)
+        if 5 in opts.only:
+            pdb_sessions(env, work, opts.sessions)
+        if 6 in opts.only:
+            vscode_sessions(env, work, opts.sessions)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _sections_1_to_4(opts: argparse.Namespace, env: dict[str, str], creds: Credentials,
+                     client_sec: Path, server_pub: Path) -> None:
+    if 1 in opts.only:
         print("\n1. stacks latency, 50 threads, CURVE TCP, cpu_interval=0 "
               f"({opts.requests} requests each)")
         for label, extra in (("host idle", ()), ("thread spinning", ("--spin",))):
@@ -142,56 +159,54 @@ def main() -> int:
                   f"{statistics.median(ping):5.2f} ms  p99 {pct(ping, 0.99):5.2f} ms | "
                   f"stacks/ping {statistics.median(stacks) / statistics.median(ping):5.1f}x")
 
-        print("\n2. CLI end to end: prodbug stacks HOST:PORT --json --cpu-interval 0 (15 runs)")
-        proc, facts = start_target(env, "--threads", "50")
-        cli_env = {**env, "PRODBUG_CLIENT_SECRET_KEY": str(client_sec),
-                   "PRODBUG_SERVER_KEY": str(server_pub)}
-        try:
-            def timed(argv: list[str]) -> float:
-                t0 = time.perf_counter()
-                subprocess.run(argv, env=cli_env, check=True, stdout=subprocess.DEVNULL)
-                return (time.perf_counter() - t0) * 1000
-            bare, cli = [], []
-            for _ in range(15):  # alternated, so that machine noise hits both alike
-                bare.append(timed([sys.executable, "-c", "pass"]))
-                cli.append(timed([sys.executable, "-m", "prodbug", "stacks",
-                                  facts["tcp"].removeprefix("tcp://"), "--json",
-                                  "--cpu-interval", "0"]))
-            print(f"   prodbug stacks median {statistics.median(cli):6.1f} ms | python -c pass "
-                  f"median {statistics.median(bare):5.1f} ms | ratio "
-                  f"{statistics.median(cli) / statistics.median(bare):4.1f}x")
-            spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
-            if spy and os.geteuid() == 0:
-                runs = [timed([spy, "dump", "--pid", str(facts["pid"])]) for _ in range(15)]
-                spy_ms = statistics.median(runs)
-                print(f"   py-spy dump --pid median {spy_ms:6.1f} ms (needs ptrace) | "
-                      f"prodbug/py-spy {statistics.median(cli) / spy_ms:4.1f}x")
+    if opts.only & {2, 3}:
+            print("\n2. CLI end to end: prodbug stacks HOST:PORT --json --cpu-interval 0 (15 runs)")
+            proc, facts = start_target(env, "--threads", "50")
+            cli_env = {**env, "PRODBUG_CLIENT_SECRET_KEY": str(client_sec),
+                       "PRODBUG_SERVER_KEY": str(server_pub)}
+            try:
+                def timed(argv: list[str]) -> float:
+                    t0 = time.perf_counter()
+                    subprocess.run(argv, env=cli_env, check=True, stdout=subprocess.DEVNULL)
+                    return (time.perf_counter() - t0) * 1000
+                bare, cli = [], []
+                for _ in range(15):  # alternated, so that machine noise hits both alike
+                    bare.append(timed([sys.executable, "-c", "pass"]))
+                    cli.append(timed([sys.executable, "-m", "prodbug", "stacks",
+                                      facts["tcp"].removeprefix("tcp://"), "--json",
+                                      "--cpu-interval", "0"]))
+                print(f"   prodbug stacks median {statistics.median(cli):6.1f} ms | python -c pass "
+                      f"median {statistics.median(bare):5.1f} ms | ratio "
+                      f"{statistics.median(cli) / statistics.median(bare):4.1f}x")
+                spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
+                if spy and os.geteuid() == 0:
+                    runs = [timed([spy, "dump", "--pid", str(facts["pid"])]) for _ in range(15)]
+                    spy_ms = statistics.median(runs)
+                    print(f"   py-spy dump --pid median {spy_ms:6.1f} ms (needs ptrace) | "
+                          f"prodbug/py-spy {statistics.median(cli) / spy_ms:4.1f}x")
 
-            print(f"\n3. agent thread while idle for {opts.idle_seconds:g} s")
-            with Client(facts["tcp"], creds, timeout=30) as client:
-                tid = client.request("info")["agent"]["native_id"]
-            pid = int(facts["pid"])
-            cpu0, sw0 = thread_cpu(pid, tid)
-            time.sleep(opts.idle_seconds)
-            cpu1, sw1 = thread_cpu(pid, tid)
-            print(f"   CPU {1000 * (cpu1 - cpu0):.1f} ms, context switches {sw1 - sw0} "
-                  f"(kernel tick {1000 / os.sysconf('SC_CLK_TCK'):.0f} ms)")
-        finally:
-            stop(proc)
+                print(f"\n3. agent thread while idle for {opts.idle_seconds:g} s")
+                with Client(facts["tcp"], creds, timeout=30) as client:
+                    tid = client.request("info")["agent"]["native_id"]
+                pid = int(facts["pid"])
+                cpu0, sw0 = thread_cpu(pid, tid)
+                time.sleep(opts.idle_seconds)
+                cpu1, sw1 = thread_cpu(pid, tid)
+                print(f"   CPU {1000 * (cpu1 - cpu0):.1f} ms, context switches {sw1 - sw0} "
+                      f"(kernel tick {1000 / os.sysconf('SC_CLK_TCK'):.0f} ms)")
+            finally:
+                stop(proc)
 
-        print(f"\n4. host pure-Python loop, agent idle vs absent, {opts.rounds} alternated "
-              f"rounds of 0.5 s")
-        out = subprocess.run([sys.executable, "-c", LOOP, str(opts.rounds), "0.5"], env=env,
-                             check=True, capture_output=True, text=True).stdout
-        loops = json.loads(out)
-        without, with_agent = statistics.median(loops["without"]), statistics.median(loops["with"])
-        print(f"   without {without / 1e6:6.2f} M ops/s | with agent {with_agent / 1e6:6.2f} "
-              f"M ops/s | ratio {with_agent / without:.3f}")
-        pdb_sessions(env, work, opts.sessions)
-        vscode_sessions(env, work, opts.sessions)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    if 4 in opts.only:
+            print(f"\n4. host pure-Python loop, agent idle vs absent, {opts.rounds} alternated "
+                  f"rounds of 0.5 s")
+            out = subprocess.run([sys.executable, "-c", LOOP, str(opts.rounds), "0.5"], env=env,
+                                 check=True, capture_output=True, text=True).stdout
+            loops = json.loads(out)
+            without = statistics.median(loops["without"])
+            with_agent = statistics.median(loops["with"])
+            print(f"   without {without / 1e6:6.2f} M ops/s | with agent {with_agent / 1e6:6.2f} "
+                  f"M ops/s | ratio {with_agent / without:.3f}")
 
 
 def _spin(env: dict[str, str], rate_file: Path) -> tuple[subprocess.Popen[str], int]:
