@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from types import CodeType, FrameType, FunctionType, ModuleType
 from typing import Any
 
+from prodbug.agent import introspect
 from prodbug.agent.dap import is_own_thread
 
 __all__ = ["Hook", "arm_break", "arm_thread", "find_code", "monitoring_available"]
@@ -211,22 +212,26 @@ def _nested(code: CodeType) -> Iterator[CodeType]:
 
 
 def _codes_of(obj: Any, seen: set[int], depth: int = 0) -> Iterator[CodeType]:
+    # Exact types and C descriptors only: module globals may be lazy proxies whose
+    # ``__class__`` or attributes are host code, which the agent thread never runs.
     if id(obj) in seen or depth > 4:
         return
     seen.add(id(obj))
-    if isinstance(obj, FunctionType):
+    cls = type(obj)
+    if cls is FunctionType:
         yield from _nested(obj.__code__)
         wrapped = obj.__dict__.get("__wrapped__")
         if wrapped is not None:
             yield from _codes_of(wrapped, seen, depth + 1)
-    elif isinstance(obj, (staticmethod, classmethod)):
+    elif cls is staticmethod or cls is classmethod:
         yield from _codes_of(obj.__func__, seen, depth + 1)
-    elif isinstance(obj, property):
+    elif cls is property:
         for part in (obj.fget, obj.fset, obj.fdel):
             if part is not None:
                 yield from _codes_of(part, seen, depth + 1)
-    elif isinstance(obj, type):
-        for value in list(vars(obj).values()):
+    elif introspect.has_base(cls, type):
+        namespace = introspect.class_namespace(obj)
+        for value in list(namespace.values()):
             yield from _codes_of(value, seen, depth + 1)
 
 
@@ -245,16 +250,18 @@ def find_code(filename: str, line: int) -> list[CodeType]:
     found: list[CodeType] = []
     seen: set[int] = set()
     for module in list(sys.modules.values()):
-        if not isinstance(module, ModuleType):
+        if type(module) is not ModuleType:  # a lazy module proxy is not looked into
             continue
-        path = module.__dict__.get("__file__")
-        if not isinstance(path, str) or not _same_file(path, filename):
+        namespace = module.__dict__
+        path = namespace.get("__file__")
+        if type(path) is not str or not _same_file(path, filename):
             continue
         matched_file = True
-        for value in list(vars(module).values()):
-            if getattr(value, "__module__", module.__name__) != module.__name__ and \
-                    not isinstance(value, FunctionType):
-                continue
+        name = namespace.get("__name__")
+        for value in list(namespace.values()):
+            if introspect.has_base(type(value), type) and \
+                    introspect.type_module(value) != name:
+                continue  # imported classes: their code is found in their own module
             for code in _codes_of(value, seen):
                 if not _same_file(code.co_filename, filename) or code in found:
                     continue

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
-from prodbug.agent import hooks, postmortem
+from prodbug.agent import hooks, introspect, postmortem
 from prodbug.agent.dap import is_own_thread, untraced
 from prodbug.errors import ProdbugError
 
@@ -250,15 +250,26 @@ class PdbSession:
             self.end("session closed")
 
 
+def _thread_facts(thread: threading.Thread) -> tuple[str, int | None, int | None]:
+    """Name, ident and native id from the Thread's own fields: a subclass's properties
+    are host code, which the agent never runs."""
+    name = introspect.exact_str(introspect.instance_attr(thread, "_name")) or "?"
+    ident = introspect.exact_int(introspect.instance_attr(thread, "_ident"))
+    native = introspect.exact_int(introspect.instance_attr(thread, "_native_id"))
+    return name, ident, native
+
+
 def _find_thread(spec: str, agent_ident: int | None) -> threading.Thread:
+    candidates = [t for t in threading.enumerate()
+                  if _thread_facts(t)[1] != agent_ident and not is_own_thread(t)]
     for thread in threading.enumerate():
-        if spec in (thread.name, str(thread.ident), str(thread.native_id)):
-            if thread.ident == agent_ident or is_own_thread(thread):
+        name, ident, native = _thread_facts(thread)
+        if spec in (name, str(ident), str(native)):
+            if thread not in candidates:
                 raise SessionError("that is one of prodbug's (or the debugger's) own "
                                    "threads, which never stop", "not_found")
             return thread
-    names = ", ".join(sorted(repr(t.name) for t in threading.enumerate()
-                             if t.ident != agent_ident and not is_own_thread(t)))
+    names = ", ".join(sorted(repr(_thread_facts(t)[0]) for t in candidates))
     raise SessionError(f"no thread named or numbered {spec!r}; threads: {names}", "not_found")
 
 
@@ -295,23 +306,25 @@ def open_session(args: dict[str, Any], key_id: str, key_name: str, agent_ident: 
     session = PdbSession(key_id, key_name, str(mode), notify=notify, heartbeat=heartbeat,
                          idle=idle)
     if mode == "thread":
-        thread = _find_thread(str(args.get("thread", "")), agent_ident)
-        frame = sys._current_frames().get(thread.ident or 0)
+        name, ident, _native = _thread_facts(_find_thread(str(args.get("thread", "")),
+                                                          agent_ident))
+        frame = sys._current_frames().get(ident or 0)
         if frame is None:
-            raise SessionError(f"thread {thread.name!r} has no Python frames", "not_found")
+            raise SessionError(f"thread {name!r} has no Python frames", "not_found")
         try:
-            session.hook = hooks.arm_thread(frame, thread.ident or 0, session.on_hit)
+            session.hook = hooks.arm_thread(frame, ident or 0, session.on_hit)
         except NotImplementedError as exc:
             raise SessionError(str(exc), "unsupported") from None
-        session.stopped_thread = thread.name
-        session.output(f"waiting for thread {thread.name!r} to run its next line of Python\n")
+        session.stopped_thread = name
+        session.output(f"waiting for thread {name!r} to run its next line of Python\n")
     elif mode == "break":
         _arm_break(session, args)
     elif mode == "inspect":
-        thread = _find_thread(str(args.get("thread", "")), agent_ident)
-        frame = sys._current_frames().get(thread.ident or 0)
-        session.stopped_thread = thread.name
-        session.output(f"looking at thread {thread.name!r} without stopping it: values are "
+        name, ident, _native = _thread_facts(_find_thread(str(args.get("thread", "")),
+                                                          agent_ident))
+        frame = sys._current_frames().get(ident or 0)
+        session.stopped_thread = name
+        session.output(f"looking at thread {name!r} without stopping it: values are "
                        f"live and may change between commands\n")
         _spawn(session, frame, None)
     elif mode == "post_mortem":

@@ -8,7 +8,6 @@ request, locals rendered without running host code (``saferepr``).
 
 from __future__ import annotations
 
-import linecache
 import os
 import sys
 import threading
@@ -16,6 +15,7 @@ import time
 from types import FrameType
 from typing import Any
 
+from prodbug.agent.introspect import exact_int, exact_str, frame_locals, instance_attr, source_line
 from prodbug.agent.procfs import read_task_stats
 from prodbug.agent.saferepr import SafeRepr
 from prodbug.agent.tasks import collect_tasks
@@ -68,10 +68,7 @@ def frame_dict(frame: FrameType) -> dict[str, Any]:
     """One frame as the wire carries it."""
     filename = frame.f_code.co_filename
     lineno = frame.f_lineno or 0
-    try:
-        line = linecache.getline(filename, lineno).strip()[:_MAX_LINE]
-    except Exception:  # a broken loader must not break the dump
-        line = ""
+    line = source_line(filename, lineno).strip()[:_MAX_LINE]
     return {"filename": filename, "lineno": lineno, "function": _function_name(frame),
             "line": line}
 
@@ -87,11 +84,31 @@ def _frame_list(frame: FrameType | None) -> tuple[list[FrameType], bool]:
 def _locals(frame: FrameType, fmt: SafeRepr) -> dict[str, str] | None:
     if fmt.exhausted:
         return None
-    try:
-        names = list(frame.f_locals.items())[:_MAX_LOCALS]
-    except Exception:
+    names = frame_locals(frame, _MAX_LOCALS)
+    if names is None:
         return None
-    return {str(name): fmt.value(str(name), value) for name, value in names}
+    return {fmt.name(name): fmt.value(name, value) for name, value in names}
+
+
+class _ThreadFacts:
+    """A ``threading.Thread``'s name, ident, native id and daemon flag, read from its own
+    fields: a subclass may override the properties (``name``, ``ident`` ...) with code."""
+
+    def __init__(self, thread: Any) -> None:
+        self.name = exact_str(instance_attr(thread, "_name"))
+        self.ident = exact_int(instance_attr(thread, "_ident"))
+        self.native_id = exact_int(instance_attr(thread, "_native_id"))
+        daemon = instance_attr(thread, "_daemonic")
+        self.daemon = daemon if type(daemon) is bool else None
+
+
+def _threads() -> dict[int, _ThreadFacts]:
+    out = {}
+    for thread in threading.enumerate():
+        facts = _ThreadFacts(thread)
+        if facts.ident is not None:
+            out[facts.ident] = facts
+    return out
 
 
 def process_header() -> dict[str, Any]:
@@ -148,7 +165,7 @@ def collect_stacks(args: dict[str, Any], agent_ident: int | None, *,  # noqa: PL
     if not redact and not may_unredact:
         raise PermissionError("unredacted locals need the debugger role")
 
-    threads_by_ident = {t.ident: t for t in threading.enumerate() if t.ident is not None}
+    threads_by_ident = _threads()
     natives: dict[int, int] = {}
     for ident, t in threads_by_ident.items():
         if t.native_id is not None:
@@ -160,12 +177,12 @@ def collect_stacks(args: dict[str, Any], agent_ident: int | None, *,  # noqa: PL
     after = read_task_stats(natives.values())
     elapsed = time.monotonic() - started
     # Threads started during the sample are picked up too.
-    threads_by_ident = {t.ident: t for t in threading.enumerate() if t.ident is not None}
+    threads_by_ident = _threads()
 
     current = sys._current_frames()
     stacks: dict[int, list[FrameType]] = {}
     try:
-        names = {ident: t.name for ident, t in threads_by_ident.items()}
+        names = {ident: t.name or "?" for ident, t in threads_by_ident.items()}
         truncated: dict[int, bool] = {}
         for ident, frame in current.items():
             stacks[ident], truncated[ident] = _frame_list(frame)
@@ -193,7 +210,7 @@ def collect_stacks(args: dict[str, Any], agent_ident: int | None, *,  # noqa: PL
                     if shown is not None:
                         out_frames[n]["locals"] = shown
             entry: dict[str, Any] = {
-                "name": thread.name if thread is not None else f"<unregistered {ident}>",
+                "name": (thread.name or "?") if thread is not None else f"<unregistered {ident}>",
                 "ident": ident,
                 "native_id": natives.get(ident),
                 "daemon": thread.daemon if thread is not None else None,
@@ -210,7 +227,7 @@ def collect_stacks(args: dict[str, Any], agent_ident: int | None, *,  # noqa: PL
             threads.append(entry)
     finally:
         del current, stacks  # frames keep their locals alive: let them go now
-    main = threading.main_thread().ident
+    main = _ThreadFacts(threading.main_thread()).ident
     threads.sort(key=lambda t: (t["ident"] != main, t["name"], t["ident"]))
     result = {**process_header(), "threads": threads,
               "deadlocks": analysis.deadlocks, **tasks,

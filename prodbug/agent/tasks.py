@@ -3,19 +3,30 @@
 The agent never runs code on a loop and never imports asyncio into a host that does not
 use it. Tasks come from asyncio's own registry of live tasks (a WeakSet the loop thread
 may change while we read: copying it is retried); await chains are followed through the
-C-level ``cr_await``/``gi_yieldfrom`` links of coroutine objects, so no host code runs.
+C-level ``cr_await``/``gi_yieldfrom`` links of coroutine objects, so no host code runs:
+tasks, coroutines and awaited objects are recognized by exact type or MRO identity, never
+``isinstance`` (a lazy proxy's ``__class__`` is host code; see ``introspect``).
 A loop's thread is found from the frame of its ``run_forever`` on that thread's stack.
 """
 
 from __future__ import annotations
 
-import linecache
 import os
 import sys
 import types
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
+
+from prodbug.agent.introspect import (
+    MISSING,
+    exact_str,
+    frame_local,
+    has_base,
+    source_line,
+    type_name,
+    type_qualname,
+)
 
 __all__ = ["MAX_TASKS", "collect_tasks"]
 
@@ -61,11 +72,8 @@ def _loop_threads(stacks: dict[int, list[FrameType]]) -> dict[int, int]:
         for frame in frames:
             code = frame.f_code
             if code.co_name == "run_forever" and code.co_filename.endswith("base_events.py"):
-                try:
-                    loop = frame.f_locals.get("self")
-                except Exception:
-                    loop = None
-                if loop is not None:
+                loop = frame_local(frame, "self")
+                if loop is not MISSING and loop is not None:
                     out[id(loop)] = ident
                 break
     return out
@@ -76,11 +84,12 @@ def _chain(coro: Any) -> tuple[list[FrameType], Any]:
     frames: list[FrameType] = []
     obj = coro
     for _ in range(_MAX_CHAIN):
-        if isinstance(obj, types.CoroutineType):
+        kind = type(obj)  # these three cannot be subclassed: exact types, C getsets
+        if kind is types.CoroutineType:
             frame, obj = obj.cr_frame, obj.cr_await
-        elif isinstance(obj, types.GeneratorType):
+        elif kind is types.GeneratorType:
             frame, obj = obj.gi_frame, obj.gi_yieldfrom
-        elif isinstance(obj, types.AsyncGeneratorType):
+        elif kind is types.AsyncGeneratorType:
             frame, obj = obj.ag_frame, obj.ag_await
         else:
             break
@@ -100,15 +109,20 @@ def _awaiting(frames: list[FrameType], leaf: Any, asyncio: Any) -> str | None:
             return found
     if leaf is None:
         return None
-    if isinstance(leaf, asyncio.Task):
-        return f"task {asyncio.Task.get_name(leaf)!r}"
-    if isinstance(leaf, asyncio.Future):
-        return f"{type(leaf).__name__}"
+    if has_base(type(leaf), asyncio.Task):
+        return f"task {_task_name(leaf, asyncio)!r}"
+    if has_base(type(leaf), asyncio.Future):
+        return type_name(type(leaf))
     if frames:  # e.g. the C iterator of a gather() future: the await line says more
-        line = linecache.getline(frames[0].f_code.co_filename, frames[0].f_lineno or 0)
+        line = source_line(frames[0].f_code.co_filename, frames[0].f_lineno or 0)
         if line.strip():
             return line.strip().removeprefix("return ").removeprefix("await ")[:80]
-    return type(leaf).__qualname__
+    return type_qualname(type(leaf))
+
+
+def _task_name(task: Any, asyncio: Any) -> str:
+    # Task.get_name called explicitly: the C method, never a subclass's override.
+    return exact_str(asyncio.Task.get_name(task)) or "?"
 
 
 def collect_tasks(stacks: dict[int, list[FrameType]], names: dict[int, str],
@@ -123,13 +137,14 @@ def collect_tasks(stacks: dict[int, list[FrameType]], names: dict[int, str],
     tasks = []
     registered = _registered_tasks()
     for task in registered[:MAX_TASKS]:
-        if not isinstance(task, asyncio.Future):
+        if not has_base(type(task), asyncio.Future):
             continue
         try:
+            # asyncio's own (C) methods called explicitly: a subclass's overrides never run.
             loop = asyncio.Future.get_loop(task)
             done = asyncio.Future.done(task)
-            is_task = isinstance(task, asyncio.Task)
-            name = asyncio.Task.get_name(task) if is_task else type(task).__name__
+            is_task = has_base(type(task), asyncio.Task)
+            name = _task_name(task, asyncio) if is_task else type_name(type(task))
             coro = asyncio.Task.get_coro(task) if is_task else None
         except Exception:  # noqa: S112 (a task torn down under us: skip it, never fail)
             continue
@@ -143,7 +158,7 @@ def collect_tasks(stacks: dict[int, list[FrameType]], names: dict[int, str],
         ident = loop_thread.get(id(loop))
         info = loops.setdefault(id(loop), {
             "id": id(loop), "thread": ident, "thread_name": names.get(ident) if ident else None,
-            "type": type(loop).__qualname__, "tasks": 0})
+            "type": type_qualname(type(loop)), "tasks": 0})
         info["tasks"] += 1
         tasks.append({
             "id": id(task), "name": name, "state": state, "loop": id(loop),

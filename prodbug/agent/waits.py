@@ -7,8 +7,8 @@ is there, without running any of the host's code:
   ``Event.wait``, ``Queue.get``, ``Thread.join``, ``selectors``, ``subprocess`` ...);
 * for user code blocked in C, the source line (``with LOCK:``, ``lock.acquire()``,
   ``time.sleep(...)``) with its expression resolved in the frame by dictionary lookups
-  only (no properties, no ``__getattr__``);
-* the owner of an ``RLock`` from its C ``repr`` (``owner=IDENT``);
+  only (no properties, no ``__getattr__``, no ``__class__``: see ``introspect``);
+* the owner of an ``RLock`` from its C ``repr`` (``owner=IDENT``), called explicitly;
 * for any lock, the threads that are inside a ``with LOCK:`` block on that very object:
   the running frame's line lies in the block's body, found from the function's AST.
   A plain ``threading.Lock`` taken with ``acquire()`` and released later has no owner
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import linecache
 import os
 import re
 import threading
@@ -28,9 +27,21 @@ from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Any
 
+from prodbug.agent.introspect import (
+    MISSING,
+    exact_int,
+    exact_str,
+    frame_local,
+    has_base,
+    instance_attr,
+    lookup,
+    source_line,
+    source_lines,
+)
+
 __all__ = ["Analysis", "analyze", "clear_caches"]
 
-_LOCK = type(threading.Lock())
+_LOCK = type(threading.Lock())  # not subclassable
 _RLOCK = type(threading.RLock())
 _PY_RLOCK = getattr(threading, "_PyRLock", None)
 _OWNER = re.compile(r"owner=(\d+)")
@@ -69,19 +80,22 @@ class Lockish:
 
     @property
     def kind(self) -> str:
-        return "rlock" if isinstance(self.obj, _RLOCK) or (
-            _PY_RLOCK is not None and isinstance(self.obj, _PY_RLOCK)) else "lock"
+        cls = type(self.obj)
+        return "rlock" if has_base(cls, _RLOCK) or (
+            _PY_RLOCK is not None and has_base(cls, _PY_RLOCK)) else "lock"
 
     def describe(self) -> str:
         return f"{'RLock' if self.kind == 'rlock' else 'Lock'} {self.name} at {id(self.obj):#x}"
 
     def owner(self) -> int | None:
-        if isinstance(self.obj, _RLOCK):
-            match = _OWNER.search(repr(self.obj))  # C repr: no host code runs
+        cls = type(self.obj)
+        if has_base(cls, _RLOCK):
+            # The C repr called explicitly: a subclass's own __repr__ never runs.
+            match = _OWNER.search(_RLOCK.__repr__(self.obj))
             return int(match[1]) if match and match[1] != "0" else None
-        owner = getattr(self.obj, "_owner", None) if _PY_RLOCK is not None and isinstance(
-            self.obj, _PY_RLOCK) else None
-        return owner if isinstance(owner, int) else None
+        if _PY_RLOCK is not None and has_base(cls, _PY_RLOCK):
+            return exact_int(instance_attr(self.obj, "_owner"))
+        return None
 
 
 @dataclass
@@ -95,47 +109,26 @@ class Analysis:
 
 # -- resolving an expression in a frame, by lookups only -------------------------------------
 
-_MISSING = object()
-
-
-def _lookup(obj: Any, name: str) -> Any:
-    """``obj.name`` through instance and class dictionaries only (no descriptors run)."""
-    try:
-        attrs = object.__getattribute__(obj, "__dict__")
-    except Exception:
-        attrs = None
-    if isinstance(attrs, dict) and name in attrs:
-        return dict.__getitem__(attrs, name)
-    for klass in type(obj).__mro__:
-        value = klass.__dict__.get(name, _MISSING)
-        if value is not _MISSING:
-            return _MISSING if hasattr(type(value), "__get__") else value
-    return _MISSING
-
-
 def _resolve(expr: str, frame: FrameType) -> Any:
     head, *rest = expr.split(".")
-    try:
-        local_vars = frame.f_locals
-    except Exception:
-        return _MISSING
-    value = _MISSING
-    for scope in (local_vars, frame.f_globals, vars(builtins)):
-        try:
-            if head in scope:
-                value = scope[head]
-                break
-        except Exception:
-            return _MISSING
+    value = frame_local(frame, head)
+    if value is MISSING:
+        for scope in (frame.f_globals, vars(builtins)):
+            if has_base(type(scope), dict):
+                value = dict.get(scope, head, MISSING)
+                if value is not MISSING:
+                    break
     for name in rest:
-        if value is _MISSING:
+        if value is MISSING:
             break
-        value = _lookup(value, name)
+        value = lookup(value, name)
     return value
 
 
 def _as_lock(obj: Any, name: str) -> Lockish | None:
-    if isinstance(obj, (_LOCK, _RLOCK)) or (_PY_RLOCK is not None and isinstance(obj, _PY_RLOCK)):
+    cls = type(obj)
+    if cls is _LOCK or has_base(cls, _RLOCK) or (
+            _PY_RLOCK is not None and has_base(cls, _PY_RLOCK)):
         return Lockish(obj, name)
     return None
 
@@ -191,7 +184,7 @@ def _file_blocks(filename: str, budget: _Budget) -> dict[int, list[_WithBlock]]:
         return {}  # not now: a later dump parses it
     budget.parses -= 1
     table: dict[int, list[_WithBlock]] = {}
-    lines = linecache.getlines(filename)
+    lines = source_lines(filename)
     source = "".join(lines)
     if source and len(source) <= _MAX_SOURCE and ("with " in source):
         try:
@@ -224,10 +217,8 @@ def _base(frame: FrameType) -> str:
 
 
 def _self_of(frame: FrameType) -> Any:
-    try:
-        return frame.f_locals.get("self")
-    except Exception:
-        return None
+    found = frame_local(frame, "self")
+    return None if found is MISSING else found
 
 
 def _stdlib_wait(frames: list[FrameType]) -> dict[str, Any] | None:
@@ -237,10 +228,11 @@ def _stdlib_wait(frames: list[FrameType]) -> dict[str, Any] | None:
         for outer in frames[:5]:
             where = (_base(outer), outer.f_code.co_name)
             if where == ("threading.py", "join"):
+                # The thread's own fields, not its properties: a subclass may override them.
                 target = _self_of(outer)
-                ident = getattr(target, "ident", None) if isinstance(target, threading.Thread) \
-                    else None
-                name = target.name if isinstance(target, threading.Thread) else "?"
+                is_thread = has_base(type(target), threading.Thread)
+                ident = exact_int(instance_attr(target, "_ident")) if is_thread else None
+                name = (exact_str(instance_attr(target, "_name")) if is_thread else None) or "?"
                 return {"kind": "join", "what": f"thread {name!r} to finish", "owner": ident}
             if where == ("threading.py", "wait") and outer is not inner:
                 return {"kind": "event", "what": "threading.Event"}
@@ -261,7 +253,7 @@ def _stdlib_wait(frames: list[FrameType]) -> dict[str, Any] | None:
 
 
 def _source_wait(frame: FrameType) -> tuple[dict[str, Any] | None, Lockish | None]:
-    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno or 0)
+    line = source_line(frame.f_code.co_filename, frame.f_lineno or 0)
     if not line:
         return None, None
     for pattern in (_WITH_LINE, _ACQUIRE_LINE):
