@@ -422,3 +422,56 @@ def test_an_orphaned_channel_never_blocks_the_next_attach(service: Target,
                 stream += base64.b64decode(message.data["data"])
         assert b'"success": true' in stream and b'"command": "initialize"' in stream
         client.request("session.close", {"session": session})
+
+
+# -- what a VS Code client sends cannot break the debugger for the next one ---------------------
+
+def test_a_header_read_two_ways_cannot_desynchronise_the_debugger(service: Target,
+                                                                   vscode) -> None:
+    cli_ = vscode("--pid", str(service.pid), "--port", "0", "--yes")
+    port = cli_.port()
+    dap = DapClient(port)
+    dap.attach({SERVICE: [WORK_LINE]})
+    _stopped_in(dap, "work")
+    # One reading takes 2 bytes, pydevd's would take 100000 and swallow all that follows.
+    dap.sock.sendall(b"Content-Length: 100000\r\ncontent-length: 2\r\n\r\n{}")
+    assert wait_for(lambda: any("stream failed" in line for line in cli_.err))
+    dap.close()
+    assert still_counting(service)  # the agent's own disconnect reached pydevd whole
+    again = DapClient(port)
+    again.attach({SERVICE: [WORK_LINE]})
+    thread, _frame = _stopped_in(again, "work")
+    again.request("continue", threadId=thread)
+    again.request("disconnect", restart=False, terminateDebuggee=False)
+    again.close()
+
+
+def test_a_thread_id_pydevd_never_gave_is_refused_not_fatal(service: Target, vscode,
+                                                            base_env) -> None:
+    cli_ = vscode("--pid", str(service.pid), "--port", "0", "--yes")
+    dap = DapClient(cli_.port())
+    dap.request("initialize", clientID="vscode", adapterID="debugpy")
+    attach = dap.send("attach", justMyCode=False, redirectOutput=True,
+                      debugOptions=["RedirectOutput"])
+    dap.event("initialized")
+    dap.request("configurationDone")
+    assert dap.response(attach)["success"]
+    for bad in (0, "7", 10**30):
+        response = dap.response(dap.send("pause", threadId=bad))
+        assert response["success"] is False and "prodbug refused it" in response["message"]
+    # redirectOutput would replace the host's sys.stdout/stderr: it is turned off.
+    request = Request(service.facts["http"] + "/print")
+    request.start()
+    request.join(60)
+    assert request.result == (200, "hello /print")
+    threads = dap.request("threads")["threads"]
+    assert "worker" in [t["name"] for t in threads]
+    dap.request("evaluate", expression="1", context="repl")  # one more round trip
+    captured = [m for m in dap.backlog if m.get("event") == "output" and
+                "a request printed this" in str(m.get("body"))]
+    assert captured == []  # the host's stderr stayed the host's
+    dap.request("disconnect", restart=False, terminateDebuggee=False)
+    dap.close()
+    info = json.loads(run_cli("info", "--pid", str(service.pid), "--json", env=base_env).stdout)
+    assert info["agent"]["debugpy"] == "ready"  # pydevd is alive for the next attach
+    assert wait_for(lambda: any("a request printed this" in line for line in service.output))

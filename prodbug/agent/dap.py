@@ -1,24 +1,25 @@
-"""VS Code through the guarded channel: pydevd connected to the agent, and to nothing else.
+"""VS Code through the guarded channel: pydevd talks to the agent over a socketpair.
 
 debugpy normally runs an adapter subprocess that listens on a loopback port for VS Code
 until the service exits; any local user (or another container in the pod) could connect
-to it with no key. prodbug does not start that adapter. It runs pydevd, the debugger inside
-debugpy, as its own in-process adapter (pydevd speaks the Debug Adapter Protocol itself,
-which is what ``debugpy.listen(in_process_debug_adapter=True)`` relies on) and makes pydevd
-*connect out* to a one-shot socket the agent listens on:
+to it with no key. prodbug does not start that adapter, and opens no port at all. It runs
+pydevd, the debugger inside debugpy, as its own in-process adapter (pydevd speaks the
+Debug Adapter Protocol itself, which is what ``debugpy.listen(in_process_debug_adapter=
+True)`` relies on) in client mode, and hands it one end of a ``socket.socketpair()``
+instead of a TCP connection: ``pydevd.start_client`` is replaced for the duration of the
+``settrace`` call. The agent keeps the other end. Nothing in the process listens, so
+nothing can be reached, raced or flooded by another local user.
 
-1. the agent binds ``127.0.0.1:0`` with a backlog, and calls ``pydevd.settrace`` with that
-   address (pydevd's client mode);
-2. it accepts connections until it gets the one whose peer address is pydevd's own socket,
-   closing any other, then closes the listener. From then on no port in the process accepts
-   a debugger: the only way to pydevd is that one connection, owned by the agent thread.
-
-VS Code's DAP messages reach pydevd only as ``dap.send`` requests from a debugger key,
-framed whole (``Content-Length``) so that a channel that dies mid-message cannot corrupt
-the stream; pydevd's messages go back as events on the session's route. When VS Code's
-channel ends for any reason (VS Code detached, the operator vanished, the session expired)
-the agent sends pydevd a ``disconnect`` of its own: breakpoints are removed and every
-stopped thread resumes. The next ``prodbug vscode`` reuses the same connection.
+VS Code's DAP messages reach pydevd only as ``dap.send`` requests from a debugger key.
+Each is checked (strict ``Content-Length`` framing, a JSON object that is a request, ids
+of the right types, a sequence number below ours) and re-framed by the agent, so a client
+cannot desynchronise pydevd's reader or crash it with a malformed argument; the host's
+stdout/stderr are never redirected (``redirectOutput`` is forced off). When VS Code's
+channel ends for any reason (VS Code detached, the operator vanished, the session
+expired) the agent sends pydevd a ``disconnect`` of its own: breakpoints are removed and
+every stopped thread resumes. The next ``prodbug vscode`` reuses the same pydevd.
+pydevd can be set up once per process: if it ever fails, the agent says so and does not
+retry (a half set-up pydevd would trace every thread with nobody attached).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEBUGPY", "DapChannel", "DapSession", "Debugpy", "is_own_thread", "slow_tracing",
-           "split_messages", "untraced"]
+__all__ = ["DEBUGPY", "DapChannel", "DapSession", "Debugpy", "check_request", "frame",
+           "is_own_thread", "slow_tracing", "split_messages", "untraced"]
 
 _log = logging.getLogger("prodbug.agent")
 _READ = 256 * 1024
@@ -47,7 +48,6 @@ _READ = 256 * 1024
 MAX_DAP_MESSAGE = 64 << 20
 #: Our own requests to pydevd use sequence numbers no client reaches.
 _OWN_SEQ_BASE = 1 << 30
-_ACCEPT_TIMEOUT = 10.0
 
 
 def untraced(thread: threading.Thread) -> threading.Thread:
@@ -74,45 +74,97 @@ def slow_tracing() -> bool:
 
 
 def split_messages(buffer: bytearray) -> Iterator[bytes]:
-    """Take whole ``Content-Length`` framed messages off the front of ``buffer``.
+    """Take whole framed messages off the front of ``buffer``; yields their bodies.
 
-    Raises ValueError on a header that is not DAP or a length above MAX_DAP_MESSAGE.
+    The header must be exactly one ``Content-Length: N`` line (spelled as pydevd's reader
+    expects it: a header the two sides read differently would desynchronise pydevd's
+    stream for good). Raises ValueError on anything else or a length above
+    MAX_DAP_MESSAGE.
     """
     while True:
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
-            if len(buffer) > 4096:
-                raise ValueError("no DAP header in the first 4 KiB")
+            if len(buffer) > 256:
+                raise ValueError("no DAP header in the first 256 bytes")
             return
-        length = None
-        for line in bytes(buffer[:end]).split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                try:
-                    length = int(value.strip())
-                except ValueError:
-                    raise ValueError("Content-Length is not a number") from None
-        if length is None or not 0 <= length <= MAX_DAP_MESSAGE:
-            raise ValueError(f"bad DAP header {bytes(buffer[:min(end, 80)])!r}")
+        header = bytes(buffer[:end])
+        if not header.startswith(b"Content-Length: ") or b"\r\n" in header or \
+                not header[16:].isdigit() or len(header) > 40:
+            raise ValueError(f"not a DAP header: {header[:60]!r}")
+        length = int(header[16:])
+        if length > MAX_DAP_MESSAGE:
+            raise ValueError(f"a DAP message of {length} bytes is too big")
         total = end + 4 + length
         if len(buffer) < total:
             return
-        message = bytes(buffer[:total])
+        body = bytes(buffer[end + 4:total])
         del buffer[:total]
-        yield message
+        yield body
 
 
 def _body(message: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(message[message.index(b"\r\n\r\n") + 4:])
+        obj = json.loads(message)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
     return obj if isinstance(obj, dict) else {}
 
 
-def _frame(obj: dict[str, Any]) -> bytes:
-    body = json.dumps(obj).encode()
+def frame(body: bytes) -> bytes:
+    """One DAP message on the wire."""
     return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+#: DAP arguments that pydevd expects to be integers (a string there kills its reader).
+_INT_ARGUMENTS = ("threadId", "frameId", "variablesReference", "levels", "startFrame",
+                  "count", "start", "targetId", "line", "column")
+
+
+def check_request(body: bytes, thread_ids: set[int] | frozenset[int] = frozenset()
+                  ) -> tuple[bytes | None, dict[str, Any] | None]:
+    """A VS Code message as it may go to pydevd, or (None, error response for VS Code).
+
+    ``thread_ids`` are the DAP thread ids pydevd has reported: pydevd fails (for good) on a
+    thread id it never gave out. Raises ValueError when it is not a DAP request at all
+    (the channel then ends).
+    """
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ValueError("a DAP message that is not JSON") from None
+    if type(obj) is not dict or obj.get("type") != "request" or \
+            type(obj.get("command")) is not str or type(obj.get("seq")) is not int:
+        raise ValueError("a DAP message that is not a request")
+    seq, command = obj["seq"], obj["command"]
+    if not 0 <= seq < _OWN_SEQ_BASE:
+        raise ValueError(f"DAP seq {seq} is out of range")
+    arguments = obj.get("arguments", {})
+    problem = None
+    if type(arguments) is not dict:
+        problem = "arguments must be an object"
+    else:
+        for name in _INT_ARGUMENTS:
+            value = arguments.get(name)
+            if value is not None and (type(value) is not int or abs(value) > 1 << 62) and \
+                    not (name == "threadId" and value == "*"):
+                problem = f"{name} must be an integer"
+                break
+        thread = arguments.get("threadId")
+        if problem is None and type(thread) is int and thread not in thread_ids:
+            problem = f"no thread {thread} (ask 'threads' for the ids)"
+        options = arguments.get("debugOptions")
+        if command in ("attach", "launch") and (
+                arguments.get("redirectOutput", False) or
+                (type(options) is list and "RedirectOutput" in options)):
+            # pydevd would replace the host's sys.stdout/stderr for the session.
+            arguments["redirectOutput"] = False
+            if type(options) is list:
+                arguments["debugOptions"] = [o for o in options if o != "RedirectOutput"]
+            return json.dumps(obj).encode(), None
+    if problem is not None:
+        return None, {"seq": 0, "type": "response", "request_seq": seq, "success": False,
+                      "command": command, "message": f"prodbug refused it: {problem}"}
+    return body, None
 
 
 class Debugpy:
@@ -129,6 +181,12 @@ class Debugpy:
         self._own_seq = _OWN_SEQ_BASE
         self._own_requests: set[int] = set()
         self._send_lock = threading.Lock()  # the agent thread, and the watchdog
+        #: The session whose channel pydevd serves (a late watchdog must not detach the
+        #: next session's VS Code).
+        self.owner: str | None = None
+        self._tried = False
+        #: DAP thread ids pydevd has given out (threads replies, thread/stopped events).
+        self.thread_ids: set[int] = set()
 
     def ensure(self, notify: Callable[[], None], log_file: Path) -> None:
         """Connect pydevd in the background if it is not connected yet; pydevd's own
@@ -136,30 +194,47 @@ class Debugpy:
         with self._lock:
             if self.state in ("starting", "ready"):
                 return
+            if self._tried:  # pydevd is set up once per process: a failure is final
+                self.error = (f"{self.error or 'it failed'}; the debugger cannot be set up "
+                              f"twice in one process: restart the service to debug it again")
+                self.state = "failed"
+                notify()
+                return
+            self._tried = True
             self.state, self.error = "starting", None
         untraced(threading.Thread(target=self._start, args=(notify, log_file),
                                   name="prodbug-debugpy", daemon=True)).start()
 
     def _start(self, notify: Callable[[], None], log_file: Path) -> None:
         started = time.perf_counter()
-        listener: socket.socket | None = None
         environ_before = set(os.environ)
+        ours, theirs = socket.socketpair()
         try:
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(8)
             pydevd = _import_pydevd(log_file)
-            host, port = listener.getsockname()
-            pydevd.settrace(
-                host=host, port=port, suspend=False, trace_only_current_thread=False,
-                patch_multiprocessing=False,  # the host's children stay its own
-                block_until_connected=True, wait_for_ready_to_run=False, notify_stdin=False,
-                dont_trace_start_patterns=(os.path.dirname(_debugpy_file()),),
-                dont_trace_end_patterns=("debugpy_launcher.py",))
-            own = _pydevd_address(pydevd)
-            self.conn = _accept_own(listener, own)
-            self.conn.setblocking(True)
-            self.conn.settimeout(5)  # pydevd's reader drains at once; never wait long
+            handed = [theirs]
+
+            def start_client(host: str, port: int) -> socket.socket:
+                # pydevd's client mode, with our socketpair instead of a TCP connection.
+                if not handed:
+                    raise OSError("prodbug hands pydevd one connection, once")
+                return handed.pop()
+
+            original = pydevd.start_client
+            pydevd.start_client = start_client
+            try:
+                pydevd.settrace(
+                    host="prodbug", port=0, suspend=False, trace_only_current_thread=False,
+                    patch_multiprocessing=False,  # the host's children stay its own
+                    block_until_connected=True, wait_for_ready_to_run=False,
+                    notify_stdin=False,
+                    dont_trace_start_patterns=(os.path.dirname(_debugpy_file()),),
+                    dont_trace_end_patterns=("debugpy_launcher.py",))
+            finally:
+                pydevd.start_client = original
+            if handed:
+                raise RuntimeError("pydevd did not take the connection prodbug gave it")
+            ours.settimeout(5)  # pydevd's reader drains at once; never wait long
+            self.conn = ours
             self.started_at = time.time()
             self.attach_ms = round((time.perf_counter() - started) * 1000, 1)
             self.state = "ready"
@@ -167,9 +242,9 @@ class Debugpy:
             _log.warning("debugpy did not start", exc_info=True)
             self.error = f"{type(exc).__name__}: {exc}"
             self.state = "failed"
+            ours.close()
+            theirs.close()
         finally:
-            if listener is not None:
-                listener.close()  # no port stays open, whatever happened
             # pydevd exports settings for the children it would debug; ours stay unpatched,
             # and the host's children must not inherit any of it.
             for name in set(os.environ) - environ_before:
@@ -198,26 +273,52 @@ class Debugpy:
             return
         self._inbox += data
         try:
-            for message in split_messages(self._inbox):
-                body = _body(message)
-                if body.get("type") == "response" and body.get("request_seq") in \
-                        self._own_requests:
-                    self._own_requests.discard(body["request_seq"])
-                    continue
-                yield message
+            for body in split_messages(self._inbox):
+                obj = _body(body)
+                self._note_threads(obj)
+                if obj.get("type") == "response":
+                    with self._send_lock:
+                        own = obj.get("request_seq") in self._own_requests
+                        self._own_requests.discard(obj.get("request_seq"))
+                    if own:
+                        continue
+                yield frame(body)
         except ValueError as exc:
             self._lost(f"pydevd's stream is corrupt ({exc})")
+
+    def _note_threads(self, obj: dict[str, Any]) -> None:
+        body = obj.get("body")
+        if type(body) is not dict:
+            return
+        found = [t.get("id") for t in body.get("threads", ()) if type(t) is dict] \
+            if obj.get("command") == "threads" and type(body.get("threads")) is list else \
+            [body.get("threadId")]
+        exited = obj.get("event") == "thread" and body.get("reason") == "exited"
+        for ident in found:
+            if type(ident) is int:
+                if exited:
+                    self.thread_ids.discard(ident)
+                elif len(self.thread_ids) < 100_000:
+                    self.thread_ids.add(ident)
 
     def send(self, message: bytes) -> None:
         conn = self.conn
         if conn is None:
             raise OSError("pydevd is not connected")
         with self._send_lock:
-            conn.sendall(message)
+            try:
+                conn.sendall(message)
+            except OSError as exc:
+                # Part of a message may be in pydevd's stream now: nothing after it could
+                # be read right, so this debugger is done (said, never left half-working).
+                self._lost(f"pydevd stopped reading ({exc}); restart the service to debug "
+                           f"it again")
+                raise
 
-    def release(self) -> None:
-        """Detach the debugger: breakpoints off, every stopped thread resumes."""
-        if self.conn is None:
+    def release(self, owner: str | None = None) -> None:
+        """Detach the debugger: breakpoints off, every stopped thread resumes. With
+        ``owner``, only if that session still owns the debugger."""
+        if self.conn is None or (owner is not None and owner != self.owner):
             return
         with self._send_lock:
             self._own_seq += 1
@@ -226,8 +327,9 @@ class Debugpy:
             if len(self._own_requests) > 64:  # answers that never came: do not grow for ever
                 self._own_requests = set(sorted(self._own_requests)[-16:])
         with contextlib.suppress(OSError):
-            self.send(_frame({"seq": seq, "type": "request", "command": "disconnect",
-                              "arguments": {"restart": False, "terminateDebuggee": False}}))
+            self.send(frame(json.dumps({
+                "seq": seq, "type": "request", "command": "disconnect",
+                "arguments": {"restart": False, "terminateDebuggee": False}}).encode()))
 
     def _lost(self, why: str) -> None:
         self.state, self.error = "failed", why
@@ -284,30 +386,6 @@ def _import_pydevd(log_file: Path) -> Any:
     return pydevd
 
 
-def _pydevd_address(pydevd: Any) -> tuple[str, int] | None:
-    debugger = pydevd.get_global_debugger()
-    sock = getattr(debugger, "_client_socket", None)
-    try:
-        return tuple(sock.getsockname()[:2]) if sock is not None else None
-    except OSError:
-        return None
-
-
-def _accept_own(listener: socket.socket, own: tuple[str, int] | None) -> socket.socket:
-    """The connection pydevd made; anything else that raced to the port is closed."""
-    if own is None:
-        raise RuntimeError("cannot tell pydevd's connection from another local process's")
-    deadline = time.monotonic() + _ACCEPT_TIMEOUT
-    while True:
-        listener.settimeout(max(deadline - time.monotonic(), 0.01))
-        conn, peer = listener.accept()  # TimeoutError past the deadline: start fails
-        if tuple(peer[:2]) == own:
-            return conn
-        _log.warning("refused a connection to prodbug's debugger socket from %s:%s (not "
-                     "this process's debugger)", peer[0], peer[1])
-        conn.close()
-
-
 #: pydevd can be set up once per process, so its state is the process's, not an agent's.
 DEBUGPY = Debugpy()
 
@@ -320,8 +398,10 @@ class DapChannel:
         self.inbox = bytearray()
 
     def take(self, data: bytes) -> list[bytes]:
-        """Whole messages once ``data`` is added; ValueError if the stream is not DAP."""
+        """Whole message bodies once ``data`` is added; ValueError if it is not DAP."""
         self.inbox += data
+        if len(self.inbox) > MAX_DAP_MESSAGE + 256:
+            raise ValueError("more than a DAP message's worth of bytes without an end")
         return list(split_messages(self.inbox))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import sys
 import threading
@@ -18,7 +19,15 @@ from typing import Any
 
 from prodbug import protocol
 from prodbug.agent.audit import AuditLog
-from prodbug.agent.dap import DEBUGPY, DapChannel, DapSession, slow_tracing, untraced
+from prodbug.agent.dap import (
+    DEBUGPY,
+    DapChannel,
+    DapSession,
+    check_request,
+    frame,
+    slow_tracing,
+    untraced,
+)
 from prodbug.agent.outbox import Outbox, Route
 from prodbug.agent.sessions import PdbSession, SessionError, open_session
 from prodbug.config import AgentConfig
@@ -26,8 +35,6 @@ from prodbug.keys import AuthorizedKey
 
 __all__ = ["SessionDesk"]
 
-#: Bytes queued for the operator above which pydevd's output is left unread for a while.
-_BACKPRESSURE = 4 << 20
 
 
 class SessionDesk:
@@ -65,14 +72,11 @@ class SessionDesk:
     def adapter_fds(self) -> set[int]:
         """pydevd's connection, read whenever it is up: pydevd queues events for it even
         with no VS Code attached, and must never be left writing into a full socket."""
+        # Always read, even when the operator's link is behind: what pydevd has to say
+        # would otherwise pile up in pydevd's own queue, without bound. The outbox's bound
+        # ends a session whose operator cannot keep up, saying why.
         fd = DEBUGPY.fileno()
-        if fd is None:
-            return set()
-        session = self.session
-        route = self.routes.get(session.id) if session is not None else None
-        if self.outbox.queued(route) > _BACKPRESSURE:
-            return set()  # the operator's link is behind: pydevd waits, nothing is dropped
-        return {fd}
+        return set() if fd is None else {fd}
 
     def drain_notify(self) -> None:
         with contextlib.suppress(OSError):
@@ -121,6 +125,7 @@ class SessionDesk:
                 f"restarts; confirm to go ahead", "confirm_needed")
         session = DapSession(key.id, key.name, self.config.session_heartbeat)
         self.session = session
+        DEBUGPY.owner = session.id
         if self.route is not None:
             self.routes[session.id] = self.route
         self.watch(session)
@@ -164,8 +169,14 @@ class SessionDesk:
         if not isinstance(data, str):
             raise ValueError("data must be base64 text")
         try:
-            for message in channel.take(base64.b64decode(data, validate=True)):
-                DEBUGPY.send(message)
+            for body in channel.take(base64.b64decode(data, validate=True)):
+                checked, refusal = check_request(body, DEBUGPY.thread_ids)
+                if checked is not None:
+                    DEBUGPY.send(frame(checked))
+                elif refusal is not None:  # answered here: pydevd would choke on it
+                    self.send_event(session.id, protocol.Event(session.id, "dap", {
+                        "channel": channel.id, "data": base64.b64encode(
+                            frame(json.dumps(refusal).encode())).decode("ascii")}))
         except (ValueError, OSError) as exc:
             self.close_channel(session, channel, f"the VS Code stream failed: {exc}")
         return {}
@@ -266,6 +277,8 @@ class SessionDesk:
             if session.ended.is_set():
                 for channel in list(session.channels.values()):
                     self.close_channel(session, channel, session.reason, notify=False)
+                DEBUGPY.release(owner=session.id)
+                DEBUGPY.owner = None
         if session.ended.is_set():
             events.append(protocol.Event(session.id, "state",
                                          {"state": "ended", "reason": session.reason}))
@@ -283,8 +296,8 @@ def _watchdog(session: PdbSession | DapSession, wake: Callable[[], None]) -> Non
     try:
         while not session.ended.wait(1.0):
             session.check_timeouts(time.monotonic())
-        if isinstance(session, DapSession):
-            DEBUGPY.release()  # stopped threads resume even if the agent thread is stuck
+        if isinstance(session, DapSession):  # stopped threads resume, agent stuck or not
+            DEBUGPY.release(owner=session.id)
         wake()
     except Exception:  # noqa: S110 (a daemon thread of ours: never raise into the host)
         pass

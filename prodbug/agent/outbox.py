@@ -5,12 +5,15 @@ means a client timing out, for a session's stream (pdb output, DAP bytes) a corr
 stream. The agent's ROUTER sockets are set ``ROUTER_MANDATORY``, so a full pipe says
 ``EAGAIN`` instead, and what cannot go now waits here, per route, in order. The queue is
 bounded: a route past its bound is marked *overflowed* and its owner decides (a session
-ends saying why; nothing is lost without a word). A route whose peer is gone is dropped.
+ends saying why; nothing is lost without a word). So is a route whose peer has taken
+nothing for ``stall`` seconds (its queue is let go: a stalled peer must not keep memory
+held, nor keep the agent waking up). A route whose peer is gone is dropped.
 """
 
 from __future__ import annotations
 
 import errno
+import time
 from collections import deque
 
 import zmq
@@ -23,10 +26,14 @@ Route = tuple[zmq.Socket[bytes], bytes]
 class Outbox:
     """Per-route FIFO queues behind non-blocking sends."""
 
-    def __init__(self, limit: int = 32 << 20) -> None:
+    def __init__(self, limit: int = 32 << 20, stall: float = 30.0) -> None:
         self.limit = limit
+        self.stall = stall
         self._queues: dict[Route, deque[bytes]] = {}
         self._sizes: dict[Route, int] = {}
+        self._progress: dict[Route, float] = {}
+        #: Routes whose owner must be told (a session ends); bounded by ``forget``, and
+        #: cleared of routes nobody claims (see ``flush``).
         self.overflowed: set[Route] = set()
 
     def send(self, route: Route, frame: bytes) -> None:
@@ -39,6 +46,7 @@ class Outbox:
                 return
             queue = self._queues[route] = deque()
             self._sizes[route] = 0
+            self._progress[route] = time.monotonic()
         queue.append(frame)
         self._sizes[route] += len(frame)
         if self._sizes[route] > self.limit:
@@ -53,8 +61,14 @@ class Outbox:
     def pending(self) -> bool:
         return bool(self._queues)
 
+    def retry_ms(self) -> int:
+        """How soon to flush again: soon while peers are taking, seldom once they stall."""
+        now = time.monotonic()
+        return 10 if any(now - t < 1.0 for t in self._progress.values()) else 250
+
     def flush(self) -> None:
-        """Send what the peers can take now."""
+        """Send what the peers can take now; let go of peers that took nothing for long."""
+        now = time.monotonic()
         for route in list(self._queues):
             queue = self._queues[route]
             while queue:
@@ -65,8 +79,14 @@ class Outbox:
                     queue.clear()
                     break
                 self._sizes[route] -= len(queue.popleft())
+                self._progress[route] = now
             if not queue:
                 self._drop(route)
+            elif now - self._progress[route] > self.stall:
+                self.overflowed.add(route)
+                self._drop(route)
+        if len(self.overflowed) > 256:  # routes nobody claimed (plain replies): forget
+            self.overflowed.clear()
 
     def forget(self, route: Route) -> None:
         """The route's owner is done with it (a session ended, an overflow was handled)."""
@@ -90,3 +110,4 @@ class Outbox:
     def _drop(self, route: Route) -> None:
         self._queues.pop(route, None)
         self._sizes.pop(route, None)
+        self._progress.pop(route, None)

@@ -3,7 +3,8 @@
 * ``worker``: a loop counting in ``i`` (written to $COUNTER_FILE), one step per 10 ms.
 * an HTTP server (``ThreadingHTTPServer``): ``GET /PATH`` answers 200 ``hello PATH``;
   ``GET /crash`` starts a thread ``crasher`` that dies of ``ValueError('boom 42')``;
-  ``GET /log`` logs a line through the root logger's handler (``Marked``);
+  ``GET /log`` logs a line through the root logger's handler (``Marked``), ``GET /print``
+  prints one to ``sys.stderr`` as it is at that moment;
   ``GET /spawn`` runs a Python child and answers what it saw of debuggers.
 Prints ``READY {"pid", "http", "tcp"}``; runs until stdin closes.
 """
@@ -60,6 +61,8 @@ class Handler(BaseHTTPRequestHandler):
             threading.Thread(target=crash, args=(42,), name="crasher").start()
         elif path == "/log":
             logging.getLogger("app").warning("a request logged this")
+        elif path == "/print":
+            print("a request printed this", file=sys.stderr, flush=True)
         elif path == "/spawn":
             path = spawn_child()
         body = f"hello {path}".encode()  # BREAK: the line after the request path is known
