@@ -138,6 +138,10 @@ def _loads(data: bytes, what: str) -> dict[str, Any]:
         obj = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"{what} is not UTF-8 JSON: {exc}") from None
+    except RecursionError:  # "[" * 100000 fits in one frame; json recurses once per level
+        raise ProtocolError(f"{what} is nested too deeply to decode") from None
+    except MemoryError:  # the peer must get an answer, and the host must not see this
+        raise ProtocolError(f"{what} is too large to decode in memory") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"{what} must be a JSON object, not {type(obj).__name__}")
     return obj
@@ -164,10 +168,10 @@ def decode_request(data: bytes) -> Request:
     its ``request_id`` carries the id when it could be read.
     """
     obj = _loads(data, "request")
+    rid = _check_id(obj)  # first: every later error can carry it back to the client
     version = obj.get("prodbug")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise ProtocolError('request has no integer "prodbug" version field')
-    rid = _check_id(obj)
+        raise ProtocolError('request has no integer "prodbug" version field', request_id=rid)
     if version not in SUPPORTED_VERSIONS:
         raise ProtocolError(
             f"protocol version {version} is not supported; this agent speaks "

@@ -8,6 +8,7 @@ request, locals rendered without running host code (``saferepr``).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -143,9 +144,15 @@ def _cpu_and_state(stacks: dict[int, list[FrameType]], natives: dict[int, int],
 
 def _number(args: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
     value = args.get(name, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if type(value) not in (int, float):  # bool is not a number here
         raise ValueError(f"{name} must be a number")
-    return min(max(float(value), low), high)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is out of range ({low:g} to {high:g})") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number")
+    return min(max(number, low), high)
 
 
 def collect_stacks(args: dict[str, Any], agent_ident: int | None, *,  # noqa: PLR0915
