@@ -273,9 +273,9 @@ def render_info(result: dict[str, Any], style: Style) -> str:
                   + f", hang dump {agent.get('hang_dump', 'off')}"
                   + (f" ({agent['hang_seconds']:g}s)" if agent.get("hang_seconds") else "")),
         ("debuggers", (", ".join(loaded) or "none loaded")
-         + (f"; debugpy listening since "
+         + (f"; debugpy set up since "
             f"{time.strftime('%H:%M:%S', time.localtime(float(agent['debugpy_since'])))}"
-            f" (adapter port {agent.get('debugpy_port')} on the service's loopback)"
+            f" (reached only through the agent: no port of its own)"
             if agent.get("debugpy_since") else "")),
         ("hooks", ", ".join(active + [f"sys.monitoring:{v}" for v in tools.values()]) or "none"),
     ]
