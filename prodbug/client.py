@@ -31,8 +31,13 @@ __all__ = ["Client", "Credentials"]
 
 #: Replies (a stack dump of thousands of threads) may be large; still bound them.
 MAX_REPLY_SIZE = 256 << 20
+#: A handshake that fails this long after the connection opened was not refused (a wrong
+#: key fails in the agent's I/O thread within a round trip): the agent gave up waiting for
+#: its key check, which runs in Python (HANDSHAKE_IVL, 5 s there).
+_SLOW_FAILURE = 2.0
 _EVENTS = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -75,6 +80,8 @@ class Client:
         self._monitor = self._sock.get_monitor_socket(_EVENTS)
         self.events: list[protocol.Event] = []
         self._handshaken = False
+        self._connected_at: float | None = None  # the latest TCP connection, if any
+        self._dropped = False  # disconnected; libzmq's next "retried" is its reconnect
         self._sock.connect(endpoint)
 
     @property
@@ -169,7 +176,9 @@ class Client:
         # A monitor message: uint16 event id and uint32 value, then the endpoint. Parsed
         # here because zmq.utils.monitor imports asyncio, 20+ ms of CLI start-up.
         (kind,) = struct.unpack_from("=H", frames[0])
-        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        if kind == zmq.EVENT_CONNECTED:
+            self._connected_at = time.monotonic()
+        elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._handshaken = True
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             name = self._credentials.client.name if self._credentials else "?"
@@ -178,18 +187,29 @@ class Client:
                 f'not authorized: the agent at {self.endpoint} refused key "{name}" ({key}...); '
                 f"ask the service owner to put {name}.key in its PRODBUG_AUTHORIZED_KEYS")
         elif kind == zmq.EVENT_CONNECT_RETRIED and not self._handshaken:
-            raise TargetUnreachable(
-                f"cannot connect to {self.endpoint}: connection refused (is the agent "
-                f"listening there, and the port forwarded?)")
+            if not self._dropped:
+                raise TargetUnreachable(
+                    f"cannot connect to {self.endpoint}: connection refused (is the agent "
+                    f"listening there, and the port forwarded?)")
+            self._dropped = False
         elif kind in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
                       zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL) or (
                 kind == zmq.EVENT_DISCONNECTED and not self._handshaken):
-            return 1
+            self._dropped = self._dropped or kind == zmq.EVENT_DISCONNECTED
+            slow = self._connected_at is not None and \
+                time.monotonic() - self._connected_at >= _SLOW_FAILURE
+            return 0 if slow else 1  # slow: the agent timed out; we reconnect and wait on
         return 0
 
     def _timeout_message(self, timeout: float) -> str:
         if self.endpoint.startswith("tcp://") and not self._handshaken:
-            return (f"no answer from {self.endpoint} within {timeout:g}s: the connection "
-                    f"never completed its handshake (is the port forwarded to a prodbug agent?)")
+            where = self.endpoint.removeprefix("tcp://")
+            if self._connected_at is not None:  # TCP is up: the agent did not answer in it
+                return (f"connected to {where} but the agent did not complete the handshake "
+                        f"within {timeout:g}s: the process may be frozen in a C call holding "
+                        f"the GIL (keys are checked in Python); on its host, `prodbug stacks "
+                        f"--pid PID` makes a C-level dump. Or that port is not a prodbug agent")
+            return (f"could not open a TCP connection to {where} within {timeout:g}s (is the "
+                    f"port forwarded to a prodbug agent?)")
         return (f"no reply from {self.endpoint} within {timeout:g}s: the process may be "
                 f"frozen in a C call that holds the GIL; try again or raise --timeout")

@@ -66,7 +66,11 @@ def _after_fork_in_child() -> None:
     if parent is None or parent.pid == os.getpid():
         return
     _orphans.append(parent)
-    parent.forget_after_fork()
+    try:
+        parent.forget_after_fork()
+    except Exception:  # an exception here would be printed on the host's stderr
+        _log.debug("forgetting the parent's agent failed in child %d", os.getpid(),
+                   exc_info=True)
     try:
         # The parent keeps the TCP port; the child is reachable over its own ipc endpoint.
         child = Agent(parent.config.without_tcp())

@@ -32,7 +32,9 @@ from prodbug.agent import postmortem
 from prodbug.agent.audit import AuditLog, mask_literals
 from prodbug.agent.dap import DEBUGPY, untraced
 from prodbug.agent.desk import SessionDesk
+from prodbug.agent.door import HANDSHAKE_IVL_MS, RECEIVE_HWM, DenialLimiter, Door
 from prodbug.agent.faults import FaultDumps
+from prodbug.agent.forkfds import release_inherited_port
 from prodbug.agent.info import collect_info
 from prodbug.agent.keyring import KeyRing
 from prodbug.agent.sessions import SessionError
@@ -79,6 +81,10 @@ class Agent:
         self._desk: SessionDesk | None = None
         self._registry_entry: dict[str, Any] = {}
         self._typed: str | None = None
+        self._door: Door | None = None  # the TCP endpoint's guard (door.py)
+        #: Refused handshakes recorded: a budget per window, the rest counted (see facts).
+        self._denials = DenialLimiter(budget=100, window=10.0)
+        self._denied_unrecorded = 0
         self._handlers: dict[str, Handler] = {
             "ping": lambda args, key: {"pong": True, "pid": self.pid},
             "info": lambda args, key: collect_info(self.facts()),
@@ -114,6 +120,11 @@ class Agent:
             "ipc_endpoint": self.ipc_endpoint,
             "tcp_endpoint": self.tcp_endpoint,
             "started_at": self.started_at,
+            # How the TCP door has fared: refusals the audit budget left unrecorded, open
+            # connections, and how often the door shut to protect the host.
+            "denied_unrecorded": self._denied_unrecorded,
+            "tcp_connections": self._door.connections if self._door is not None else None,
+            "door_shut_count": self._door.shut_count if self._door is not None else None,
             **faults,
         }
 
@@ -175,9 +186,13 @@ class Agent:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._thread = None
+        if self.tcp_endpoint is not None:  # the parent's port must die with the parent
+            release_inherited_port(self.tcp_endpoint)
 
     def _runtime_dir(self) -> Path:
-        return self.config.runtime_dir or registry.default_runtime_dir()
+        # The same directory for the life of the process: a private fallback when the
+        # default one was taken by another user (registry.resolve_runtime_dir).
+        return registry.resolve_runtime_dir(self.config.runtime_dir)
 
     # -- the thread --------------------------------------------------------------------------
 
@@ -244,8 +259,10 @@ class Agent:
             tcp.curve_publickey, tcp.curve_secretkey = self._server_cert
             tcp.zap_domain = _ZAP_DOMAIN
             host, port, _ = parse_listen(self.config.listen)
-            tcp.bind(f"tcp://{host}:{port or '*'}")
-            self.tcp_endpoint = tcp.get_string(zmq.LAST_ENDPOINT)
+            tcp.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+            self._door = Door(tcp, f"tcp://{host}:{port or '*'}")
+            sockets.append(self._door.monitor)  # polled, and closed, with the others
+            self.tcp_endpoint = self._door.bind()
         self._faults = FaultDumps(runtime_dir, self.pid, self.config.hang_dump,
                                   self.config.dump_signal)
         self._faults.start()
@@ -267,7 +284,7 @@ class Agent:
     def _limit(self, sock: zmq.Socket[bytes]) -> None:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
-        sock.setsockopt(zmq.RCVHWM, _RCVHWM)
+        sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)  # x MAX_CONNECTIONS: bounded (door.py)
         sock.setsockopt(zmq.SNDHWM, _RCVHWM)
 
     def _sync_adapter_fds(self, poller: zmq.Poller, registered: set[int]) -> set[int]:
@@ -281,33 +298,22 @@ class Agent:
         return wanted
 
     def _loop(self, sockets: list[zmq.Socket[bytes]]) -> None:
-        poller = zmq.Poller()
-        for sock in sockets:
-            poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
         desk = self._desk
         if desk is None:
             return
-        poller.register(desk.notify_r, zmq.POLLIN)
+        poller = zmq.Poller()
         for sock in sockets:
+            poller.register(sock, zmq.POLLIN)
             if sock.socket_type == zmq.ROUTER:  # a full pipe says EAGAIN: see outbox.py
                 sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        ipc = sockets[0]
-        zap = sockets[1] if len(sockets) > 1 else None
+        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(desk.notify_r, zmq.POLLIN)
         faults = self._faults
-        hang_timeout = faults.poll_timeout_ms if faults is not None else None
         adapter_fds: set[int] = set()
         while True:
             adapter_fds = self._sync_adapter_fds(poller, adapter_fds)
-            # No timeout unless a hang timer needs pushing back or a session is open
-            # (heartbeats are checked every second): idle means asleep.
-            timeout = hang_timeout
-            if desk.session is not None:
-                timeout = min(timeout or 1000, 1000)
-            if desk.outbox.pending:  # a slow operator's queue: retry soon
-                timeout = min(timeout or 10, 10)
             try:
-                events = dict(poller.poll(timeout))
+                events = dict(poller.poll(self._poll_timeout(desk)))
             except zmq.ZMQError as exc:
                 if exc.errno == errno.EINTR:
                     continue
@@ -316,6 +322,8 @@ class Agent:
                 faults.tick()
             if self._wake_r in events:
                 return
+            if self._door is not None:  # takes the monitor's events out of ``events``
+                self._door.after_poll(events)
             if desk.notify_r in events:
                 desk.drain_notify()
             for fd in adapter_fds & events.keys():
@@ -323,18 +331,7 @@ class Agent:
                     desk.relay_adapter(fd)
                 except Exception:
                     _log.exception("relaying debugpy's output failed; serving on")
-            for sock in sockets:
-                if sock not in events:
-                    continue
-                try:
-                    if sock is zap:
-                        self._handle_zap(sock)
-                    else:
-                        self._serve(sock, local=sock is ipc)
-                except zmq.ContextTerminated:
-                    raise
-                except Exception:  # one bad message must not end the agent
-                    _log.exception("agent failed to handle a message; serving on")
+            self._serve_ready(sockets, events)
             try:
                 desk.pump()
                 desk.outbox.flush()
@@ -343,7 +340,46 @@ class Agent:
             except Exception:
                 _log.exception("session upkeep failed; serving on")
 
+    def _poll_timeout(self, desk: SessionDesk) -> int | None:
+        """No timeout unless something needs a later look: idle means asleep."""
+        timeout = self._faults.poll_timeout_ms if self._faults is not None else None
+        if desk.session is not None:  # heartbeats are checked every second
+            timeout = min(timeout or 1000, 1000)
+        if desk.outbox.pending:  # a slow operator's queue: retry soon
+            retry = desk.outbox.retry_ms()
+            timeout = min(timeout or retry, retry)
+        if self._door is not None:  # while the TCP door is shut, wake to reopen it
+            timeout = self._door.poll_timeout(timeout)
+        return timeout
+
+    def _serve_ready(self, sockets: list[zmq.Socket[bytes]], events: dict[Any, int]) -> None:
+        ipc = sockets[0]
+        zap = sockets[1] if len(sockets) > 1 else None
+        for sock in sockets:
+            if sock not in events:
+                continue
+            try:
+                if sock is zap:
+                    self._handle_zap(sock)
+                else:
+                    self._serve(sock, local=sock is ipc)
+            except zmq.ContextTerminated:
+                raise
+            except Exception:  # one bad message must not end the agent
+                _log.exception("agent failed to handle a message; serving on")
+
     # -- ZAP: who may connect over TCP -------------------------------------------------------
+
+    def _record_denial(self, **fields: Any) -> None:
+        """Audit a refusal, within a budget: a flood of bad keys must not flood the log."""
+        suppressed = self._denials.take_suppressed()
+        if suppressed:
+            self._audit.record("denied", key="-", suppressed=suppressed,
+                               reason=f"{suppressed} more refusals not recorded (rate limit)")
+        if self._denials.allow():
+            self._audit.record("denied", **fields)
+        else:
+            self._denied_unrecorded += 1
 
     def _handle_zap(self, zap: zmq.Socket[bytes]) -> None:
         msg = zap.recv_multipart()
@@ -361,11 +397,11 @@ class Agent:
                         code, text, user = b"200", b"OK", public.encode()
                     else:
                         text = b"key not authorized"
-                        self._audit.record("denied", key=fingerprint(public), address=address,
+                        self._record_denial(key=fingerprint(public), address=address,
                                            reason="key not authorized")
                 else:
                     text = b"CURVE required"
-                    self._audit.record("denied", key="-", address=address,
+                    self._record_denial(key="-", address=address,
                                        reason=f"mechanism {mechanism!r}")
         finally:
             zap.send_multipart([b"1.0", request_id, code, text, user, b""])
@@ -386,8 +422,7 @@ class Agent:
                 self._desk.send((sock, ident), protocol.encode_reply(protocol.error_reply(
                     "", "forbidden", "this key is no longer authorized by the agent (it was "
                     "removed from PRODBUG_AUTHORIZED_KEYS)")))
-                self._audit.record("denied", key_id=fingerprint(public),
-                                   reason="key revoked")
+                self._record_denial(key=fingerprint(public), reason="key revoked")
             return
         started = time.perf_counter()
         if self._desk is not None:
