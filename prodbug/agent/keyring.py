@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from prodbug.errors import ConfigError
@@ -12,6 +13,8 @@ from prodbug.keys import AuthorizedKey, load_authorized_keys
 __all__ = ["KeyRing"]
 
 _log = logging.getLogger("prodbug.agent")
+#: Seconds between looks at the allow-list's files from requests on open connections.
+RECHECK = 0.5
 
 
 class KeyRing:
@@ -20,6 +23,7 @@ class KeyRing:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._signature = self._sign()
+        self._checked_at = time.monotonic()
         self.keys: dict[str, AuthorizedKey] = load_authorized_keys(path)
 
     def _sign(self) -> tuple[tuple[str, int], ...]:
@@ -33,8 +37,17 @@ class KeyRing:
             return ()
         return tuple(entries)
 
+    def current(self, public_key: str, now: float) -> AuthorizedKey | None:
+        """``lookup`` for a request on an open connection: the files are looked at no more
+        than every RECHECK seconds (each stat gives the GIL away, which costs a switch
+        interval when the host is busy), so a removed key is refused within that."""
+        if now - self._checked_at >= RECHECK:
+            return self.lookup(public_key)
+        return self.keys.get(public_key)
+
     def lookup(self, public_key: str) -> AuthorizedKey | None:
         """The authorized key with this Z85 public key, reloading changed files first."""
+        self._checked_at = time.monotonic()
         signature = self._sign()
         if signature != self._signature:
             self._signature = signature

@@ -463,7 +463,7 @@ class Agent:
             return None, None
         if self._keyring is None or not isinstance(public, str):
             return None, None
-        return self._keyring.lookup(public), public
+        return self._keyring.current(public, time.monotonic()), public
 
     def _dispatch(self, body: list[bytes], key: AuthorizedKey) -> tuple[protocol.Reply, str]:
         if len(body) != 1:
