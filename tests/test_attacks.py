@@ -352,6 +352,15 @@ def test_after_vscode_the_hosts_python_children_get_no_debugger(service: Target,
     assert request.result == (200, "hello [] []")
 
 
+def _stop_the_worker_once(dap: DapClient) -> None:
+    """A whole VS Code session: attach, stop the running worker, let it go, detach."""
+    dap.attach({SERVICE: [WORK_LINE]})
+    thread, _frame = _stopped_in(dap, "work")
+    dap.request("continue", threadId=thread)
+    dap.request("disconnect", restart=False, terminateDebuggee=False)
+    dap.close()
+
+
 # -- 16. a connection that closes before its channel opens orphans nothing ----------------------
 
 def test_a_port_check_before_attach_leaves_nothing_behind(service: Target, vscode) -> None:
@@ -359,12 +368,7 @@ def test_a_port_check_before_attach_leaves_nothing_behind(service: Target, vscod
     port = cli_.port()
     for _ in range(3):  # a port check, a cancelled attach
         socket.create_connection(("127.0.0.1", port), timeout=10).close()
-    dap = DapClient(port)
-    dap.attach({SERVICE: [WORK_LINE]})
-    thread, _frame = _stopped_in(dap, "work")
-    dap.request("continue", threadId=thread)
-    dap.request("disconnect", restart=False, terminateDebuggee=False)
-    dap.close()
+    _stop_the_worker_once(DapClient(port))
     assert still_counting(service)
     assert count(service) > 0
 
@@ -447,12 +451,7 @@ def test_a_header_read_two_ways_cannot_desynchronise_the_debugger(service: Targe
     assert wait_for(lambda: any("stream failed" in line for line in cli_.err))
     dap.close()
     assert still_counting(service)  # the agent's own disconnect reached pydevd whole
-    again = DapClient(port)
-    again.attach({SERVICE: [WORK_LINE]})
-    thread, _frame = _stopped_in(again, "work")
-    again.request("continue", threadId=thread)
-    again.request("disconnect", restart=False, terminateDebuggee=False)
-    again.close()
+    _stop_the_worker_once(DapClient(port))
 
 
 def test_a_thread_id_pydevd_never_gave_is_refused_not_fatal(service: Target, vscode,
