@@ -112,10 +112,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _connection_args(p)
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--thread", metavar="NAME|ID",
-                     help="stop that running thread at its next line (Python 3.12+)")
+                     help="stop that running thread at its next line")
     how.add_argument("--break", dest="break_at", metavar="FILE:LINE",
-                     help="stop the first thread that reaches FILE:LINE (before 3.12: threads "
-                          "started from now on)")
+                     help="stop the first thread that reaches FILE:LINE, running or new")
     how.add_argument("--inspect", metavar="THREAD",
                      help="look at a thread's frames without stopping it (values are live)")
     how.add_argument("--post-mortem", action="store_true",

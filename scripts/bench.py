@@ -6,8 +6,8 @@
 3. The agent thread's CPU time and wake-ups over 10 s of idleness.
 4. The host's pure-Python loop throughput with the agent running vs without, alternated
    in one process.
-5. ``prodbug pdb``: time from the command to the prompt, and the host's loop speed after
-   the sessions vs before them (3.12+: ``--thread``; 3.10/3.11: ``--break`` in new threads).
+5. ``prodbug pdb --thread``: time from the command to the prompt, and the host's loop
+   speed while a ``--break`` is armed but not hit, and after the sessions, vs before.
 6. ``prodbug vscode``: time from the command to the DAP ``initialized`` event (the first
    attach starts debugpy; later ones reuse it), and the host's loop speed before, during
    (attached, a breakpoint set on a line that never runs) and after.
@@ -299,18 +299,26 @@ def pdb_sessions(env: dict[str, str], work: Path, sessions: int) -> None:
     import pexpect
 
     spin = ROOT / "tests" / "targets" / "spin.py"
+    never = next(n for n, t in enumerate(spin.read_text().splitlines(), 1)
+                 if "interpreter shutting down" in t) + 1
     rate_file = work / "rate"
     proc, pid = _spin(env, rate_file)
-    if sys.version_info >= (3, 12):
-        how = ["--thread", "spin"]
-    else:
-        tick = next(n for n, t in enumerate(spin.read_text().splitlines(), 1)
-                    if "return 1 + 1" in t)
-        how = ["--break", f"spin.py:{tick}"]
-    print(f"\n5. prodbug pdb {' '.join(how)}: {sessions} sessions (prompt, p, c)")
+    how = ["--thread", "spin"]
+    print(f"\n5. prodbug pdb {' '.join(how)}: {sessions} sessions (prompt, p, c); and a "
+          f"--break that never hits, armed for 2 s")
     try:
         time.sleep(2.5)
         before = _rates(rate_file, time.perf_counter() - 2.0, time.perf_counter())
+        armed_child = pexpect.spawn(sys.executable, [
+            "-m", "prodbug", "pdb", "--pid", str(pid), "--break", f"spin.py:{never}"],
+            env=env, encoding="utf-8", timeout=60)
+        armed_child.expect("waiting for a thread to reach it")
+        start_armed = time.perf_counter() + 0.5
+        time.sleep(2.5)
+        armed = _rates(rate_file, start_armed, time.perf_counter())
+        armed_child.sendintr()
+        armed_child.expect(pexpect.EOF)
+        armed_child.close()
         to_prompt = []
         for _ in range(sessions):
             t0 = time.perf_counter()
@@ -328,12 +336,12 @@ def pdb_sessions(env: dict[str, str], work: Path, sessions: int) -> None:
         after = _rates(rate_file, start_after, time.perf_counter())
     finally:
         stop(proc)
-    ratio = statistics.median(after) / statistics.median(before)
+    base = statistics.median(before)
     print(f"   command to prompt: median {statistics.median(to_prompt):6.1f} ms "
           f"(min {min(to_prompt):.1f}, max {max(to_prompt):.1f})")
-    print(f"   host loop after / before the sessions: {ratio:.3f} "
-          f"({statistics.median(after) / 1e6:.2f} vs {statistics.median(before) / 1e6:.2f} "
-          f"M it/s)")
+    print(f"   host loop relative to before ({base / 1e6:.2f} M it/s): armed, not hit "
+          f"{statistics.median(armed) / base:.3f} | after the sessions "
+          f"{statistics.median(after) / base:.3f}")
 
 
 if __name__ == "__main__":

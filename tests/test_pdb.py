@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from conftest import TARGETS, Request, Target, run_cli, still_counting, wait_for
 PROMPT = r"\(Pdb\) "
 BREAK_LINE = next(n for n, text in enumerate(
     (TARGETS / "service.py").read_text().splitlines(), 1) if "# BREAK" in text)
-MONITORING = sys.version_info >= (3, 12)
 
 
 def _break(cli: Callable[..., pexpect.spawn], target: Target, path: str) -> tuple[
@@ -28,7 +26,6 @@ def _break(cli: Callable[..., pexpect.spawn], target: Target, path: str) -> tupl
     return child, request
 
 
-@pytest.mark.skipif(not MONITORING, reason="stopping a running thread needs 3.12+")
 def test_thread_print_step_continue(service: Target, cli, base_env) -> None:
     child = cli("pdb", "--pid", str(service.pid), "--thread", "worker")
     child.expect("stopped thread 'worker'")
@@ -46,15 +43,6 @@ def test_thread_print_step_continue(service: Target, cli, base_env) -> None:
     assert still_counting(service)
     info = json.loads(run_cli("info", "--pid", str(service.pid), "--json", env=base_env).stdout)
     assert info["debug"]["monitoring_tools"] == {}  # the hook is gone
-
-
-@pytest.mark.skipif(MONITORING, reason="3.12+ can stop running threads")
-def test_thread_refused_before_312_with_the_version_needed(service: Target, base_env) -> None:
-    result = run_cli("pdb", "--pid", str(service.pid), "--thread", "worker", env=base_env)
-    assert result.returncode == 1
-    assert "needs Python 3.12+" in result.stderr
-    assert f"runs {sys.version.split()[0]}" in result.stderr
-    assert still_counting(service)
 
 
 def test_break_in_http_handler_shows_the_request(service: Target, cli, base_env) -> None:

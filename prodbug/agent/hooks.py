@@ -4,11 +4,13 @@
   target thread's stack, or the code holding FILE:LINE), under a tool id of our own.
   Other threads running that code pay one callback per line, only until the hit; the
   events are cleared and the tool id freed the moment it fires or the session ends.
-* Python 3.10/3.11 have no way to hook a thread that is already running (short of
-  swapping thread states through ctypes, which we refuse to do inside a production
-  process). ``--break`` there uses ``threading.settrace`` and so catches threads started
-  after the session began (e.g. a threaded server's per-request threads); each such thread
-  drops the hook at its next call once the session is over. ``--thread`` is refused.
+* Python 3.10/3.11: a trace function, installed in the threads already running through
+  debugpy's native helper (``foreign_trace.py``) and in threads started later through
+  ``threading.settrace``. It is scoped: on each call it only compares the code object
+  with the armed ones (other code runs untraced, with no line events), and the frames of
+  those code objects already running get a local tracer directly. Each thread drops the
+  hook at its next call once the session is over. Where the helper is missing, ``--break``
+  reaches threads started from now on only, and ``--thread`` is refused, saying why.
 
 ``on_hit(frame)`` runs in the thread that hit, and returns the trace function that thread
 should keep (pdb's), or None.
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterator
 from types import CodeType, FrameType, FunctionType, ModuleType
 from typing import Any
 
-from prodbug.agent import introspect
+from prodbug.agent import foreign_trace, introspect
 from prodbug.agent.dap import is_own_thread
 
 __all__ = ["Hook", "arm_break", "arm_thread", "find_code", "monitoring_available"]
@@ -46,6 +48,8 @@ class Hook:
         self.on_hit = on_hit
         self.fired = False
         self.condition_error: str | None = None
+        #: Which threads the hook can reach, said to the operator (None: any).
+        self.reach: str | None = None
         self._lock = threading.Lock()
         self._unhook_lock = threading.Lock()
 
@@ -130,18 +134,50 @@ class _MonitoringHook(Hook):
 
 
 class _SettraceHook(Hook):
-    """3.10/3.11: catches the line in threads started after arming."""
+    """3.10/3.11: a scoped trace function in running threads (foreign_trace) and new ones."""
 
-    def __init__(self, codes: list[CodeType], line: int, condition: str | None,
-                 on_hit: OnHit) -> None:
+    def __init__(self, codes: list[CodeType], line: int | None, thread: int | None,
+                 condition: str | None, on_hit: OnHit) -> None:
         super().__init__(condition, on_hit)
         if threading.gettrace() is not None:
             raise RuntimeError("another tracer is installed with threading.settrace; "
                                "prodbug will not replace it")
         self._codes = set(codes)
         self._line = line
+        self._thread = thread
         self._active = True
-        threading.settrace(self._global)
+        self.reach = "threads started from now on"
+        if thread is None:
+            threading.settrace(self._global)
+        usable, why = foreign_trace.available()
+        if not usable:
+            if thread is not None:
+                self._unhook()
+                raise NotImplementedError(
+                    f"stopping a running thread on Python {sys.version.split()[0]} needs "
+                    f"debugpy's native helper: {why}. Use --break FILE:LINE (threads "
+                    f"started from now on), --inspect THREAD or --post-mortem")
+            self.reach += f" (running threads cannot be reached here: {why})"
+            return
+        targets = [thread] if thread is not None else _running_threads()
+        failed = set(foreign_trace.set_trace_in_threads(self._global, targets))
+        frames = sys._current_frames()
+        for ident in targets:
+            if ident in failed:
+                continue
+            walk = frames.get(ident)
+            while walk is not None:  # frames already running the code get line events
+                if walk.f_code in self._codes:
+                    walk.f_trace_lines = True
+                    walk.f_trace = self._local
+                walk = walk.f_back
+        del frames
+        if thread is not None and failed:
+            self._unhook()
+            raise NotImplementedError("that thread could not be reached (it may have ended)")
+        self.reach = "the thread" if thread is not None else (
+            "any thread, running or new; until the line is reached every thread pays a "
+            "trace call per function call, which slows call-heavy code several times over")
 
     def _global(self, frame: FrameType, event: str, arg: Any) -> Any:
         try:
@@ -164,7 +200,9 @@ class _SettraceHook(Hook):
         try:
             if not self._active:
                 return None
-            if event == "line" and frame.f_lineno == self._line and self._claim(frame):
+            if event == "line" and (self._line is None or frame.f_lineno == self._line) \
+                    and (self._thread is None or threading.get_ident() == self._thread) \
+                    and self._claim(frame):
                 self._unhook()
                 return self.on_hit(frame)
             return self._local
@@ -179,27 +217,30 @@ class _SettraceHook(Hook):
             threading.settrace(None)  # type: ignore[arg-type,unused-ignore]
 
 
+def _running_threads() -> list[int]:
+    """Idents of the threads running Python now, prodbug's and the debugger's left out."""
+    own = {t.ident for t in threading.enumerate() if is_own_thread(t)}
+    return [ident for ident in sys._current_frames() if ident not in own]
+
+
 def arm_thread(frame: FrameType, thread: int, on_hit: OnHit) -> Hook:
     """Stop thread ``thread`` (whose innermost frame is ``frame``) at its next line."""
-    if not monitoring_available():
-        raise NotImplementedError(
-            f"stopping a running thread needs Python 3.12+ (sys.monitoring); this process "
-            f"runs {sys.version.split()[0]}. Use --break FILE:LINE (threads started from "
-            f"now on), --inspect THREAD or --post-mortem")
     codes = []
     walk: FrameType | None = frame
     while walk is not None:
         if walk.f_code not in codes:
             codes.append(walk.f_code)
         walk = walk.f_back
-    return _MonitoringHook(codes, None, thread, None, on_hit)
+    if monitoring_available():
+        return _MonitoringHook(codes, None, thread, None, on_hit)
+    return _SettraceHook(codes, None, thread, None, on_hit)
 
 
 def arm_break(codes: list[CodeType], line: int, condition: str | None, on_hit: OnHit) -> Hook:
     """Stop the first thread to reach ``line`` of ``codes``."""
     if monitoring_available():
         return _MonitoringHook(codes, line, None, condition, on_hit)
-    return _SettraceHook(codes, line, condition, on_hit)
+    return _SettraceHook(codes, line, None, condition, on_hit)
 
 
 # -- finding the code for FILE:LINE ---------------------------------------------------------

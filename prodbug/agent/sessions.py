@@ -293,8 +293,8 @@ def _arm_break(session: PdbSession, args: dict[str, Any]) -> None:
         session.hook = hooks.arm_break(codes, line, condition, session.on_hit)
     except RuntimeError as exc:
         raise SessionError(str(exc), "busy") from None
-    where = "" if hooks.monitoring_available() else \
-        " (Python < 3.12: in threads started from now on)"
+    reach = session.hook.reach if session.hook is not None else None
+    where = f" (Python {sys.version.split()[0]}: {reach})" if reach else ""
     session.output(f"breakpoint set at {filename}:{line}{where}; waiting for a thread "
                    f"to reach it\n")
 

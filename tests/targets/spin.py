@@ -1,8 +1,8 @@
 """For scripts/bench: a thread spinning in pure Python that reports its speed.
 
-``spin`` writes its loop rate (iterations per second, over the last 0.25 s) to
-$RATE_FILE; ``ticker`` starts a short-lived thread running ``tick()`` every 50 ms, a line
-that ``--break`` can catch on any Python version.
+``spin`` (a function call per iteration) writes its loop rate (iterations per second,
+over the last 0.25 s) to $RATE_FILE; ``ticker`` starts a short-lived thread running
+``tick()`` every 50 ms, a line that ``--break`` can catch on any Python version.
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ import prodbug
 RATE_FILE = os.environ["RATE_FILE"]
 
 
+def bump(n: int) -> int:
+    return n + 1
+
+
 def spin() -> None:
     n = 0
     mark, start = 0, time.perf_counter()
     while True:
-        n += 1
+        n = bump(n)  # a call per iteration, as real code makes: what call tracing costs
         if n % 200_000 == 0:
             now = time.perf_counter()
             if now - start >= 0.25:

@@ -1,0 +1,100 @@
+"""Installing a trace function in threads that are already running (Python 3.10 / 3.11).
+
+Before 3.12 a trace function can only be set by the thread itself (``sys.settrace``), or
+for threads started later (``threading.settrace``). debugpy, already a dependency, ships
+pydevd, whose ``pydevd_tracing.set_trace_to_threads`` sets one in other threads' states
+through a small native helper in its wheel (``attach_linux_amd64.so`` and friends): every
+VS Code attach on those versions relies on it. prodbug uses that helper rather than a
+ctypes hack of its own. It is imported only when first needed (pdb ``--break`` /
+``--thread`` on 3.10/3.11), with pydevd's warnings sent to a file, and the host's
+environment left as it was.
+
+Where the helper is missing (another platform, another architecture), ``available()``
+says why in one line and the callers fall back to what ``threading.settrace`` reaches.
+This is the one mechanism pdb uses, and the one snapshots and logpoints will use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import Any
+
+__all__ = ["Tracer", "available", "set_trace_in_threads"]
+
+Tracer = Callable[[FrameType, str, Any], Any]
+_log = logging.getLogger("prodbug.agent")
+_lock = threading.Lock()
+_helper: Any = None
+_why_not: str | None = None
+
+
+def _load() -> Any:
+    """pydevd_tracing with its native helper loaded, or None (``_why_not`` says why)."""
+    global _helper, _why_not
+    with _lock:
+        if _helper is not None or _why_not is not None:
+            return _helper
+        if sys.version_info >= (3, 12):
+            _why_not = "not needed: Python 3.12+ has sys.monitoring"
+            return None
+        if sys.implementation.name != "cpython":
+            _why_not = f"needs CPython, this is {sys.implementation.name}"
+            return None
+        wanted = {"PYDEVD_DISABLE_FILE_VALIDATION": "1",
+                  "PYDEVD_DEBUG_FILE": os.devnull}  # its warnings never reach the host
+        saved = {name: os.environ.get(name) for name in wanted}
+        before = set(os.environ)
+        try:
+            for name, value in wanted.items():
+                os.environ.setdefault(name, value)
+            import debugpy._vendored.force_pydevd  # noqa: F401  (pydevd's own import path)
+            import pydevd_tracing  # type: ignore[import-not-found]
+
+            if pydevd_tracing._load_python_helper_lib() is None:
+                _why_not = (f"debugpy has no native helper for this platform "
+                            f"({sys.platform}, {os.uname().machine})")
+                return None
+            _helper = pydevd_tracing
+        except Exception as exc:  # a missing or broken debugpy: say so, fall back
+            _why_not = f"debugpy's pydevd_tracing could not be loaded: {exc}"
+            _log.warning("prodbug: %s", _why_not, exc_info=True)
+        finally:
+            for name, before_value in saved.items():
+                if before_value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = before_value
+            for name in set(os.environ) - before:
+                if name.startswith(("PYDEVD", "DEBUGPY")):
+                    os.environ.pop(name, None)
+        return _helper
+
+
+def available() -> tuple[bool, str | None]:
+    """Whether running threads can be traced here; if not, why (one line)."""
+    return _load() is not None, _why_not
+
+
+def set_trace_in_threads(tracer: Tracer, idents: Iterable[int]) -> list[int]:
+    """Make each thread in ``idents`` call ``tracer`` from its next event on; returns the
+    idents where that failed. The calling thread is never one of them."""
+    helper = _load()
+    if helper is None:
+        raise RuntimeError(_why_not or "unavailable")
+    failed = []
+    me = threading.get_ident()
+    for ident in idents:
+        if ident == me:
+            continue
+        try:
+            if helper.set_trace_to_threads(tracer, thread_idents=[ident],
+                                           create_dummy_thread=False) != 0:
+                failed.append(ident)
+        except Exception:  # a thread that ended meanwhile, or the helper's refusal
+            failed.append(ident)
+    return failed
