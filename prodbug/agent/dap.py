@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from prodbug.agent.foreign_trace import pydevd_environment
+
 __all__ = ["DEBUGPY", "DapChannel", "DapSession", "Debugpy", "check_request", "frame",
            "is_own_thread", "slow_tracing", "split_messages", "untraced"]
 
@@ -207,32 +209,10 @@ class Debugpy:
 
     def _start(self, notify: Callable[[], None], log_file: Path) -> None:
         started = time.perf_counter()
-        environ_before = set(os.environ)
         ours, theirs = socket.socketpair()
         try:
-            pydevd = _import_pydevd(log_file)
-            handed = [theirs]
-
-            def start_client(host: str, port: int) -> socket.socket:
-                # pydevd's client mode, with our socketpair instead of a TCP connection.
-                if not handed:
-                    raise OSError("prodbug hands pydevd one connection, once")
-                return handed.pop()
-
-            original = pydevd.start_client
-            pydevd.start_client = start_client
-            try:
-                pydevd.settrace(
-                    host="prodbug", port=0, suspend=False, trace_only_current_thread=False,
-                    patch_multiprocessing=False,  # the host's children stay its own
-                    block_until_connected=True, wait_for_ready_to_run=False,
-                    notify_stdin=False,
-                    dont_trace_start_patterns=(os.path.dirname(_debugpy_file()),),
-                    dont_trace_end_patterns=("debugpy_launcher.py",))
-            finally:
-                pydevd.start_client = original
-            if handed:
-                raise RuntimeError("pydevd did not take the connection prodbug gave it")
+            with pydevd_environment(str(log_file)):
+                self._connect(theirs)
             ours.settimeout(5)  # pydevd's reader drains at once; never wait long
             self.conn = ours
             self.started_at = time.time()
@@ -244,13 +224,33 @@ class Debugpy:
             self.state = "failed"
             ours.close()
             theirs.close()
-        finally:
-            # pydevd exports settings for the children it would debug; ours stay unpatched,
-            # and the host's children must not inherit any of it.
-            for name in set(os.environ) - environ_before:
-                if name.startswith(("PYDEVD", "DEBUGPY")):
-                    os.environ.pop(name, None)
         notify()
+
+    @staticmethod
+    def _connect(theirs: socket.socket) -> None:
+        """pydevd.settrace in client mode, handed ``theirs`` instead of a TCP connection."""
+        pydevd = _import_pydevd()
+        handed = [theirs]
+
+        def start_client(host: str, port: int) -> socket.socket:
+            if not handed:
+                raise OSError("prodbug hands pydevd one connection, once")
+            return handed.pop()
+
+        original = pydevd.start_client
+        pydevd.start_client = start_client
+        try:
+            pydevd.settrace(
+                host="prodbug", port=0, suspend=False, trace_only_current_thread=False,
+                patch_multiprocessing=False,  # the host's children stay its own
+                block_until_connected=True, wait_for_ready_to_run=False,
+                notify_stdin=False,
+                dont_trace_start_patterns=(os.path.dirname(_debugpy_file()),),
+                dont_trace_end_patterns=("debugpy_launcher.py",))
+        finally:
+            pydevd.start_client = original
+        if handed:
+            raise RuntimeError("pydevd did not take the connection prodbug gave it")
 
     def fileno(self) -> int | None:
         conn = self.conn
@@ -358,31 +358,20 @@ def _debugpy_file() -> str:
     return str(debugpy.__file__)
 
 
-def _import_pydevd(log_file: Path) -> Any:
-    """Import debugpy's pydevd with its messages sent to ``log_file``, leaving the host's
-    environment as it was (so that its child processes never inherit PYDEVD_* settings)."""
-    wanted = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", "PYDEVD_DEBUG_FILE": str(log_file)}
-    saved = {name: os.environ.get(name) for name in wanted}
-    try:
-        for name, value in wanted.items():
-            os.environ.setdefault(name, value)
-        import debugpy
+def _import_pydevd() -> Any:
+    """Import debugpy's pydevd (inside ``pydevd_environment``), configured for prodbug."""
+    import debugpy
 
-        exe = os.path.basename(sys.executable or "")
-        if not exe.startswith("python"):  # e.g. uwsgi: debugpy's helpers need a Python
-            python = shutil.which(f"python{sys.version_info[0]}.{sys.version_info[1]}") \
-                or shutil.which("python3")
-            if python:
-                debugpy.configure(python=python)
-        debugpy.configure(subProcess=False)
-        import debugpy.server.api  # puts pydevd on the path, speaking DAP
-        import pydevd  # type: ignore[import-not-found]
-    finally:
-        for name, before in saved.items():
-            if before is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = before
+    exe = os.path.basename(sys.executable or "")
+    if not exe.startswith("python"):  # e.g. uwsgi: debugpy's helpers need a Python
+        python = shutil.which(f"python{sys.version_info[0]}.{sys.version_info[1]}") \
+            or shutil.which("python3")
+        if python:
+            debugpy.configure(python=python)
+    debugpy.configure(subProcess=False)
+    import debugpy.server.api  # puts pydevd on the path, speaking DAP
+    import pydevd  # type: ignore[import-not-found]
+
     return pydevd
 
 

@@ -16,21 +16,46 @@ This is the one mechanism pdb uses, and the one snapshots and logpoints will use
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["Tracer", "available", "set_trace_in_threads"]
+__all__ = ["Tracer", "available", "pydevd_environment", "set_trace_in_threads"]
 
 Tracer = Callable[[FrameType, str, Any], Any]
 _log = logging.getLogger("prodbug.agent")
 _lock = threading.Lock()
 _helper: Any = None
 _why_not: str | None = None
+
+
+@contextlib.contextmanager
+def pydevd_environment(log_file: str) -> Iterator[None]:
+    """Around importing or setting up pydevd: its messages go to ``log_file``, never to the
+    host's stderr, and afterwards the host's environment is as it was (the variables pydevd
+    reads at import are unset again, those it exports for the children it would debug are
+    removed): the host's child processes never inherit any of it."""
+    wanted = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", "PYDEVD_DEBUG_FILE": log_file}
+    saved = {name: os.environ.get(name) for name in wanted}
+    before = set(os.environ)
+    try:
+        for name, value in wanted.items():
+            os.environ.setdefault(name, value)
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+        for name in set(os.environ) - before:
+            if name.startswith(("PYDEVD", "DEBUGPY")):
+                os.environ.pop(name, None)
 
 
 def _load() -> Any:
@@ -45,33 +70,19 @@ def _load() -> Any:
         if sys.implementation.name != "cpython":
             _why_not = f"needs CPython, this is {sys.implementation.name}"
             return None
-        wanted = {"PYDEVD_DISABLE_FILE_VALIDATION": "1",
-                  "PYDEVD_DEBUG_FILE": os.devnull}  # its warnings never reach the host
-        saved = {name: os.environ.get(name) for name in wanted}
-        before = set(os.environ)
         try:
-            for name, value in wanted.items():
-                os.environ.setdefault(name, value)
-            import debugpy._vendored.force_pydevd  # noqa: F401  (pydevd's own import path)
-            import pydevd_tracing  # type: ignore[import-not-found]
+            with pydevd_environment(os.devnull):  # its warnings never reach the host
+                import debugpy._vendored.force_pydevd  # noqa: F401  (pydevd's import path)
+                import pydevd_tracing  # type: ignore[import-not-found]
 
-            if pydevd_tracing._load_python_helper_lib() is None:
-                _why_not = (f"debugpy has no native helper for this platform "
-                            f"({sys.platform}, {os.uname().machine})")
-                return None
+                if pydevd_tracing._load_python_helper_lib() is None:
+                    _why_not = (f"debugpy has no native helper for this platform "
+                                f"({sys.platform}, {os.uname().machine})")
+                    return None
             _helper = pydevd_tracing
         except Exception as exc:  # a missing or broken debugpy: say so, fall back
             _why_not = f"debugpy's pydevd_tracing could not be loaded: {exc}"
             _log.warning("prodbug: %s", _why_not, exc_info=True)
-        finally:
-            for name, before_value in saved.items():
-                if before_value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = before_value
-            for name in set(os.environ) - before:
-                if name.startswith(("PYDEVD", "DEBUGPY")):
-                    os.environ.pop(name, None)
         return _helper
 
 
