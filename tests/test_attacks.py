@@ -255,6 +255,8 @@ class _SlowProxy:
         import threading
 
         self.upstream, self.rate = upstream, rate
+        self.flowing = threading.Event()  # cleared: the link stalls (reads nothing)
+        self.flowing.set()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
@@ -269,7 +271,11 @@ class _SlowProxy:
                 down, _ = self.listener.accept()
             except OSError:
                 return
-            up = socket.create_connection(("127.0.0.1", self.upstream))
+            up = socket.socket()
+            # Small buffers, as on a real slow link: the agent's side fills up, instead of
+            # the kernel soaking up megabytes on loopback.
+            up.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            up.connect(("127.0.0.1", self.upstream))
             self.sockets += [down, up]
             for src, dst, slow in ((down, up, False), (up, down, True)):
                 threading.Thread(target=self._pump, args=(src, dst, slow), daemon=True).start()
@@ -279,7 +285,7 @@ class _SlowProxy:
 
         chunk = 16 * 1024 if slow else 256 * 1024
         try:
-            while data := src.recv(chunk):
+            while (not slow or self.flowing.wait()) and (data := src.recv(chunk)):
                 dst.sendall(data)
                 if slow:
                     time.sleep(len(data) / self.rate)  # the link's speed is what we simulate
@@ -325,10 +331,20 @@ def test_a_slow_operator_link_loses_no_reply(tcp_service: Target, keys: Keys, ba
     dap = DapClient(started.port())
     dap.attach({SERVICE: [WORK_LINE]})
     thread, frame = _stopped_in(dap, "work")
-    # The case: 40 replies of 100 KB over a 2 MB/s link (tests/test_outbox.py fills
-    # the agent's pipe to a peer that does not read at all, deterministically).
+    # The link stalls while 40 replies of 100 KB are produced: the agent's pipe to this
+    # operator fills up (a ROUTER would drop the rest silently), and what cannot go waits
+    # in the agent's outbox until the link moves again at 2 MB/s.
+    proxy.flowing.clear()
     sent = [dap.send("evaluate", expression="'x' * 100000", frameId=frame["id"],
                      context="clipboard") for _ in range(40)]
+    observer = _client_env(base_env, keys, keys.observer)
+
+    def backed_up() -> bool:
+        out = run_cli("info", target.host_port, "--json", env=observer).stdout
+        return bool(out) and json.loads(out)["agent"]["outbound_queued"] > 0
+
+    assert wait_for(backed_up, timeout=60)
+    proxy.flowing.set()
     replies = [dap.response(seq) for seq in sent]
     assert [r.get("success") for r in replies] == [True] * 40
     assert all(len(r["body"]["result"]) >= 100000 for r in replies)

@@ -58,6 +58,11 @@ class Outbox:
         return self._sizes.get(route, 0) if route is not None else 0
 
     @property
+    def total(self) -> int:
+        """Bytes waiting for all routes together (``info`` shows it)."""
+        return sum(self._sizes.values())
+
+    @property
     def pending(self) -> bool:
         return bool(self._queues)
 

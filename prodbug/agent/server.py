@@ -125,6 +125,7 @@ class Agent:
             "denied_unrecorded": self._denied_unrecorded,
             "tcp_connections": self._door.connections if self._door is not None else None,
             "door_shut_count": self._door.shut_count if self._door is not None else None,
+            "outbound_queued": self._desk.outbox.total if self._desk is not None else 0,
             **faults,
         }
 
