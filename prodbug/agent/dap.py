@@ -155,7 +155,7 @@ def check_request(body: bytes, thread_ids: set[int] | frozenset[int] = frozenset
         if problem is None and type(thread) is int and thread not in thread_ids:
             problem = f"no thread {thread} (ask 'threads' for the ids)"
         options = arguments.get("debugOptions")
-        if command in ("attach", "launch") and (
+        if problem is None and command in ("attach", "launch") and (
                 arguments.get("redirectOutput", False) or
                 (type(options) is list and "RedirectOutput" in options)):
             # pydevd would replace the host's sys.stdout/stderr for the session.
