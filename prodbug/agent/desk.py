@@ -260,9 +260,9 @@ class SessionDesk:
         route = self.routes.get(session.id)
         if route is not None and route in self.outbox.overflowed:
             self.outbox.forget(route)
-            session.end(f"the operator's link is too slow: more than "
-                        f"{self.outbox.limit >> 20} MiB of the session's output could not be "
-                        f"delivered; the session ends rather than lose any of it")
+            session.end(f"the operator's link is too slow ({self.outbox.limit >> 20} MiB "
+                        f"waiting, or nothing taken for {self.outbox.stall:g}s): the session "
+                        f"ends rather than lose any of its output")
         events = []
         if isinstance(session, PdbSession):
             text, prompt = session.take_output()
