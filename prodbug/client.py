@@ -116,8 +116,31 @@ class Client:
         return reply.result or {}
 
     def send_raw(self, *frames: bytes) -> None:
-        """Send frames as they are (tests use this to send what a client should not)."""
-        self._sock.send_multipart(list(frames))
+        """Send frames as they are (tests use this to send what a client should not).
+
+        Never blocks for longer than the client's timeout: a DEALER with no connection to
+        queue on (refused, or dropped after a failed handshake and not yet retried) would
+        otherwise wait for ever in ``zmq_send``. The monitor says why meanwhile.
+        """
+        deadline = time.monotonic() + self.timeout
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLOUT)
+        poller.register(self._monitor, zmq.POLLIN)
+        while True:
+            try:
+                self._sock.send_multipart(list(frames), flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TargetUnreachable(
+                    f"could not send to {self.endpoint} within {self.timeout:g}s: no "
+                    f"connection took the request (is the agent listening, and the port "
+                    f"forwarded?)")
+            events = dict(poller.poll(int(left * 1000) + 1))
+            if self._monitor in events:  # raises when the monitor knows what went wrong
+                self._on_event(self._monitor.recv_multipart())
 
     def receive_raw(self, timeout: float) -> bytes | None:
         """The next reply frame within ``timeout`` seconds, or None."""

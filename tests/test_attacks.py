@@ -499,3 +499,17 @@ def test_a_thread_id_pydevd_never_gave_is_refused_not_fatal(service: Target, vsc
     info = json.loads(run_cli("info", "--pid", str(service.pid), "--json", env=base_env).stdout)
     assert info["agent"]["debugpy"] == "ready"  # pydevd is alive for the next attach
     assert wait_for(lambda: any("a request printed this" in line for line in service.output))
+
+
+def test_a_refused_client_never_hangs_on_its_next_request(tcp_service: Target,
+                                                          keys: Keys) -> None:
+    """After a refused handshake the client's socket has no connection to queue on: a
+    blocking send would wait for ever (seen as a hung reliability-test thread)."""
+    from prodbug.errors import ProdbugError
+
+    stranger = Credentials(load_certificate(keys.stranger),
+                           load_certificate(keys.server_public).public_key)
+    with Client(tcp_service.tcp, stranger, timeout=3) as client:
+        for _ in range(3):
+            with pytest.raises(ProdbugError):  # AuthError or TargetUnreachable, in time
+                client.request("ping")

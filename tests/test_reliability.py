@@ -518,17 +518,8 @@ ATTEMPTS, ATTEMPT_THREADS = 1000, 8
 WRONG_SERVER_EVERY = 25
 
 
-#: Key generation one thread at a time: a random-key thread hung on its very first
-#: attempt (1 of 8 threads, twice, only under the full suite's load), before any
-#: connection; concurrent zmq_curve_keypair() calls are the one thing those first
-#: attempts share, so they are serialized here (prodbug itself never generates keys
-#: concurrently).
-_KEYGEN = threading.Lock()
-
-
 def _random_certificate(name: str) -> Certificate:
-    with _KEYGEN:
-        public, secret = zmq.curve_keypair()
+    public, secret = zmq.curve_keypair()
     return Certificate(Path(name), public.decode("ascii"), secret.decode("ascii"),
                        {"name": name, "role": "debugger"})
 
