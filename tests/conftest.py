@@ -56,13 +56,22 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
                 secrets["alice"], secrets["bob"], secrets["mallory"])
 
 
+@contextlib.contextmanager
+def short_tmp(prefix: str, mode: int) -> Iterator[Path]:
+    """A fresh directory directly in /tmp (not tmp_path: unix socket paths must stay
+    short, about 107 bytes), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(path, mode)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
 def runtime_dir() -> Iterator[Path]:
-    # Not tmp_path: unix socket paths must stay short (about 107 bytes).
-    path = Path(tempfile.mkdtemp(prefix="pbt-", dir="/tmp"))
-    os.chmod(path, 0o700)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with short_tmp("pbt-", 0o700) as path:
+        yield path
 
 
 @pytest.fixture

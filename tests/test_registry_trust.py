@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import OtherUser, Target, run_cli
+from conftest import OtherUser, Target, run_cli, short_tmp
 
 from prodbug import registry
 from prodbug.errors import ConfigError, TargetUnreachable
@@ -127,10 +126,8 @@ while True:
 @pytest.fixture
 def shared_tmp() -> Iterator[Path]:
     """A fresh world-writable sticky temp dir (like /tmp) that the CLI and targets use."""
-    path = Path(tempfile.mkdtemp(prefix="pbs-", dir="/tmp"))
-    os.chmod(path, 0o1777)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with short_tmp("pbs-", 0o1777) as path:
+        yield path
 
 
 def _default_env(base_env: dict[str, str], shared: Path) -> dict[str, str]:

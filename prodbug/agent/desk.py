@@ -275,9 +275,8 @@ class SessionDesk:
                 events.append(protocol.Event(session.id, "dap_ready", DEBUGPY.facts()))
                 self.on_debugpy_ready()
             if session.ended.is_set():
-                for channel in list(session.channels.values()):
+                for channel in list(session.channels.values()):  # each releases pydevd
                     self.close_channel(session, channel, session.reason, notify=False)
-                DEBUGPY.release(owner=session.id)
                 DEBUGPY.owner = None
         if session.ended.is_set():
             events.append(protocol.Event(session.id, "state",

@@ -109,28 +109,27 @@ def _text(value: Any, default: str) -> str:
     return default if text is None else text
 
 
-def type_name(cls: type) -> str:
-    """``cls.__name__`` without the metaclass."""
+def _type_text(getter: Any, cls: type) -> str:
+    """A class's name-like slot read through ``type``'s own descriptor, or ``?``."""
     try:
-        return _text(_NAME(cls), "?")
+        return _text(getter(cls), "?")
     except Exception:
         return "?"
+
+
+def type_name(cls: type) -> str:
+    """``cls.__name__`` without the metaclass."""
+    return _type_text(_NAME, cls)
 
 
 def type_qualname(cls: type) -> str:
     """``cls.__qualname__`` without the metaclass."""
-    try:
-        return _text(_QUALNAME(cls), "?")
-    except Exception:
-        return "?"
+    return _type_text(_QUALNAME, cls)
 
 
 def type_module(cls: type) -> str:
     """``cls.__module__`` without the metaclass (a non-str value shows as ``?``)."""
-    try:
-        return _text(_MODULE(cls), "?")
-    except Exception:
-        return "?"
+    return _type_text(_MODULE, cls)
 
 
 def qualified_name(cls: type) -> str:
