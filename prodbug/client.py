@@ -122,16 +122,16 @@ class Client:
         queue on (refused, or dropped after a failed handshake and not yet retried) would
         otherwise wait for ever in ``zmq_send``. The monitor says why meanwhile.
         """
+        try:  # the usual case, on every relayed chunk: no poller, no clock
+            self._sock.send_multipart(list(frames), flags=zmq.NOBLOCK)
+            return
+        except zmq.Again:
+            pass
         deadline = time.monotonic() + self.timeout
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLOUT)
         poller.register(self._monitor, zmq.POLLIN)
         while True:
-            try:
-                self._sock.send_multipart(list(frames), flags=zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                pass
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TargetUnreachable(
@@ -141,6 +141,11 @@ class Client:
             events = dict(poller.poll(int(left * 1000) + 1))
             if self._monitor in events:  # raises when the monitor knows what went wrong
                 self._on_event(self._monitor.recv_multipart())
+            try:
+                self._sock.send_multipart(list(frames), flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
 
     def receive_raw(self, timeout: float) -> bytes | None:
         """The next reply frame within ``timeout`` seconds, or None."""
