@@ -20,42 +20,48 @@ from prodbug.client import Client, Credentials
 from prodbug.errors import ProdbugError
 from prodbug.keys import load_certificate
 
-#: Run as the second local user (stdlib only): open N TCP connections that never send a
-#: byte, say how many connected, hold them until a line arrives on stdin, close them.
+#: Run as the second local user (stdlib only). ``wave N`` on stdin: open N TCP connections
+#: that never send a byte and wait until the agent's side has dealt with each (libzmq sent
+#: its greeting, or the connection was refused or closed), then print ``WAVE held gone``;
+#: ``close``: close every held one and print ``CLOSED``.
 ATTACK = r"""
 import errno, resource, select, socket, sys, time
 _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-held, refused = [], 0
-while len(held) + refused < n:
-    # In waves of 50, each finished before the next: a burst larger than the listen
-    # backlog would have SYNs dropped and retried seconds later, a slower attack.
-    wave = {}
-    for _ in range(min(50, n - len(held) - refused)):
+host, port = sys.argv[1], int(sys.argv[2])
+held = []
+for line in sys.stdin:
+    if line.startswith("close"):
+        break
+    wave, gone = {}, 0
+    for _ in range(int(line.split()[1])):
         s = socket.socket()
         s.setblocking(False)
         if s.connect_ex((host, port)) in (0, errno.EINPROGRESS):
             wave[s.fileno()] = s
         else:
-            refused += 1
+            gone += 1
             s.close()
     poller = select.poll()
     for fd in wave:
-        poller.register(fd, select.POLLOUT)
+        poller.register(fd, select.POLLIN)
+    # A SYN the backlog dropped is sent again a second later: 5 s covers that.
     deadline = time.monotonic() + 5
     while wave and time.monotonic() < deadline:
         for fd, _ in poller.poll(100):
             poller.unregister(fd)
             s = wave.pop(fd)
-            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+            try:
+                greeted = bool(s.recv(1, socket.MSG_PEEK))
+            except OSError:
+                greeted = False
+            if greeted:
                 held.append(s)
             else:
-                refused += 1
+                gone += 1
                 s.close()
-    held.extend(wave.values())  # still connecting: held all the same
-print("OPENED", len(held), refused, flush=True)
-sys.stdin.readline()
+    held.extend(wave.values())  # not dealt with in 5 s: held all the same
+    print("WAVE", len(held), gone, flush=True)
 for s in held:
     s.close()
 print("CLOSED", flush=True)
@@ -105,14 +111,22 @@ def test_idle_connections_of_another_user_never_starve_the_host(
     host, port = target.host_port.rsplit(":", 1)
     before = _count(target)
 
-    attacker = as_other(ATTACK, host, port, "1100")
+    attacker = as_other(ATTACK, host, port)
     assert attacker.stdout is not None and attacker.stdin is not None
-    opened = attacker.stdout.readline()
-    assert opened.startswith("OPENED"), attacker.stderr.read() if attacker.stderr else ""
+    # 1,100 connections in waves of 50, the agent heard from (a local ping) after each:
+    # the door reacts when the agent thread runs, and a host starved of CPU for longer
+    # than libzmq takes to accept its headroom is beyond what the door promises
+    # (prodbug/agent/door.py); the waves keep that race out of this test.
+    for _ in range(22):
+        attacker.stdin.write("wave 50\n")
+        attacker.stdin.flush()
+        wave = attacker.stdout.readline()
+        assert wave.startswith("WAVE"), attacker.stderr.read() if attacker.stderr else ""
+        assert _answers(target.facts["ipc"], None, target.pid)
     # The host goes on opening files while the attacker holds what it could open...
     assert wait_for(lambda: _count(target)["opened"] > before["opened"] + 200)
     during = _count(target)
-    assert during["emfile"] == 0, (opened, during)  # ...and none of its open() calls fails,
+    assert during["emfile"] == 0, (wave, during)  # ...and none of its open() calls fails,
     assert target.proc.poll() is None
     shut = _shut_lines(target)  # because the door shut, for this reason
     assert shut and reason in shut[0], shut
