@@ -4,11 +4,14 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "BadRequest",
     "ConfigError",
+    "Forbidden",
     "ProdbugError",
     "ProtocolError",
     "RemoteError",
     "ReplyTimeout",
+    "RequestError",
     "TargetUnreachable",
 ]
 
@@ -63,3 +66,29 @@ class RemoteError(ProdbugError):
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class RequestError(ProdbugError):
+    """A request the agent refuses, raised by a handler: ``code`` is the wire error code
+    and ``details`` go into the error reply. Anything else a handler raises is a bug of
+    the agent's (``internal_error``), never blamed on the client."""
+
+    code = "bad_request"
+
+    def __init__(self, message: str, code: str | None = None, **details: object) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.details = details
+
+
+class BadRequest(RequestError):
+    """The request's arguments are wrong; the message says which and what is expected."""
+
+    code = "bad_request"
+
+
+class Forbidden(RequestError):
+    """The key's role may not do this; ``details["needed_role"]`` names the role."""
+
+    code = "forbidden"

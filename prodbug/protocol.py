@@ -52,6 +52,7 @@ COMMANDS: Final[dict[str, str]] = {
     "ping": "observer",
     "info": "observer",
     "stacks": "observer",
+    "ps": "observer",
     "audit": "debugger",
     "pdb.open": "debugger",
     "session.input": "debugger",
@@ -74,6 +75,8 @@ ERROR_CODES: Final[dict[str, str]] = {
     "not_found": "no such thread, file, line or session",
     "confirm_needed": "the command slows the whole process down; ask again with confirm",
     "not_ready": "debugpy is still starting (or failed to start); the message says which",
+    "no_member": "no process of that pid in this service (the message lists the members)",
+    "member_gone": "the process exited, or did not answer, before replying",
 }
 
 
@@ -85,6 +88,12 @@ class Request:
     cmd: str
     args: dict[str, Any] = field(default_factory=dict)
     version: int = PROTOCOL_VERSION
+    #: Which process of the service should serve it (None: the one that received it).
+    pid: int | None = None
+    #: Set by the service's door when it relays a request to another process: who asked
+    #: (``key``: the operator's public key, ``name``, ``role``) and the door's ``pid``.
+    #: Accepted only from the service's own processes (ipc), never over TCP.
+    via: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -156,9 +165,24 @@ def _check_id(obj: dict[str, Any]) -> str:
 
 def encode_request(request: Request) -> bytes:
     """Encode ``request`` as one frame."""
-    return _dumps(
-        {"prodbug": request.version, "id": request.id, "cmd": request.cmd, "args": request.args}
-    )
+    obj: dict[str, Any] = {"prodbug": request.version, "id": request.id, "cmd": request.cmd,
+                           "args": request.args}
+    if request.pid is not None:
+        obj["pid"] = request.pid
+    if request.via is not None:
+        obj["via"] = request.via
+    return _dumps(obj)
+
+
+def _check_via(via: Any, rid: str) -> dict[str, Any] | None:
+    if via is None:
+        return None
+    if not isinstance(via, dict) or not all(
+            isinstance(via.get(k), str) for k in ("key", "name", "role")) \
+            or via["role"] not in ROLES or type(via.get("door")) is not int:
+        raise ProtocolError('"via" must be {"key", "name", "role", "door"} (role one of '
+                            f"{', '.join(ROLES)}, door a pid)", request_id=rid)
+    return {k: via[k] for k in ("key", "name", "role", "door")}
 
 
 def decode_request(data: bytes) -> Request:
@@ -185,7 +209,11 @@ def decode_request(data: bytes) -> Request:
         raise ProtocolError('request has no "cmd" string', request_id=rid)
     if not isinstance(args, dict):
         raise ProtocolError('"args" must be a JSON object', request_id=rid)
-    return Request(id=rid, cmd=cmd, args=args, version=version)
+    pid = obj.get("pid")
+    if pid is not None and (type(pid) is not int or not 0 < pid < 1 << 31):
+        raise ProtocolError('"pid" must be a process id (a positive integer)', request_id=rid)
+    return Request(id=rid, cmd=cmd, args=args, version=version, pid=pid,
+                   via=_check_via(obj.get("via"), rid))
 
 
 def encode_reply(reply: Reply) -> bytes:

@@ -19,6 +19,7 @@ from typing import Any
 
 from prodbug import protocol
 from prodbug.agent.audit import AuditLog
+from prodbug.agent.context import Handler, RequestContext
 from prodbug.agent.dap import (
     DEBUGPY,
     DapChannel,
@@ -31,7 +32,7 @@ from prodbug.agent.dap import (
 from prodbug.agent.outbox import Outbox, Route
 from prodbug.agent.sessions import PdbSession, SessionError, open_session
 from prodbug.config import AgentConfig
-from prodbug.keys import AuthorizedKey
+from prodbug.errors import BadRequest, Forbidden
 
 __all__ = ["SessionDesk"]
 
@@ -51,13 +52,13 @@ class SessionDesk:
         self.runtime_dir = runtime_dir
         self.session: PdbSession | DapSession | None = None
         self.routes: dict[str, Route] = {}
-        #: Where the request being served came from (set around each dispatch).
-        self.route: Route | None = None
+        #: Called when a session opens or ends (the registry shows open sessions).
+        self.on_sessions_changed: Callable[[], None] = lambda: None
         self.outbox = Outbox()
         self.notify_r, self.notify_w = os.pipe()
         os.set_blocking(self.notify_w, False)
 
-    def handlers(self) -> dict[str, Callable[[dict[str, Any], AuthorizedKey], dict[str, Any]]]:
+    def handlers(self) -> dict[str, Handler]:
         return {
             "pdb.open": self.pdb_open,
             "session.input": self.session_input,
@@ -104,35 +105,36 @@ class SessionDesk:
                                f"at {opened} (if its operator is gone it ends by itself "
                                f"within {self.config.session_heartbeat:g}s)", "busy")
 
-    def pdb_open(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+    def pdb_open(self, ctx: RequestContext) -> dict[str, Any]:
         self.check_free()
-        session = open_session(args, key.id, key.name, self.agent_ident(), notify=self.wake,
-                               heartbeat=self.config.session_heartbeat,
+        session = open_session(ctx.args, ctx.key.id, ctx.key.name, self.agent_ident(),
+                               notify=self.wake, heartbeat=self.config.session_heartbeat,
                                idle=self.config.session_idle)
-        self.session = session
-        if self.route is not None:
-            self.routes[session.id] = self.route
-        self.watch(session)
+        self._opened(session, ctx)
         return {**session.facts(), "heartbeat": self.config.session_heartbeat,
                 "idle": self.config.session_idle, "python": sys.version.split()[0]}
 
-    def dap_open(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+    def dap_open(self, ctx: RequestContext) -> dict[str, Any]:
         self.check_free()
-        if slow_tracing() and DEBUGPY.state != "ready" and args.get("confirm") is not True:
+        if slow_tracing() and DEBUGPY.state != "ready" and ctx.args.get("confirm") is not True:
             raise SessionError(
                 f"starting debugpy on Python {sys.version.split()[0]} makes this whole "
                 f"process run several times slower (about 3x measured on 3.11) until it "
                 f"restarts; confirm to go ahead", "confirm_needed")
-        session = DapSession(key.id, key.name, self.config.session_heartbeat)
-        self.session = session
+        session = DapSession(ctx.key.id, ctx.key.name, self.config.session_heartbeat)
         DEBUGPY.owner = session.id
-        if self.route is not None:
-            self.routes[session.id] = self.route
-        self.watch(session)
+        self._opened(session, ctx)
         DEBUGPY.ensure(self.wake, self.runtime_dir() / f"debugpy-{self.pid}.log")
         return {**session.facts(), **DEBUGPY.facts(), "remote_root": os.getcwd(),
                 "python": sys.version.split()[0], "slow_tracing": slow_tracing(),
                 "heartbeat": self.config.session_heartbeat}
+
+    def _opened(self, session: PdbSession | DapSession, ctx: RequestContext) -> None:
+        self.session = session
+        if ctx.route is not None:
+            self.routes[session.id] = ctx.route
+        self.watch(session)
+        self.on_sessions_changed()
 
     def watch(self, session: PdbSession | DapSession) -> None:
         """Expire ``session`` from a thread of its own as well as from the agent's loop: if
@@ -141,14 +143,14 @@ class SessionDesk:
         untraced(threading.Thread(target=_watchdog, args=(session, self.wake),
                                   name="prodbug-watchdog", daemon=True)).start()
 
-    def own_dap(self, args: dict[str, Any], key: AuthorizedKey) -> DapSession:
-        session = self.own_session(args, key)
+    def own_dap(self, ctx: RequestContext) -> DapSession:
+        session = self.own_session(ctx)
         if not isinstance(session, DapSession):
             raise SessionError("that is not a vscode session", "not_found")
         return session
 
-    def dap_connect(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        session = self.own_dap(args, key)
+    def dap_connect(self, ctx: RequestContext) -> dict[str, Any]:
+        session = self.own_dap(ctx)
         if DEBUGPY.state != "ready":
             raise SessionError(f"debugpy is {DEBUGPY.state}"
                                + (f": {DEBUGPY.error}" if DEBUGPY.error else ""), "not_ready")
@@ -160,14 +162,14 @@ class SessionDesk:
         session.channels[channel.id] = channel
         return {"channel": channel.id}
 
-    def dap_send(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        session = self.own_dap(args, key)
-        channel = session.channels.get(str(args.get("channel")))
-        data = args.get("data")
+    def dap_send(self, ctx: RequestContext) -> dict[str, Any]:
+        session = self.own_dap(ctx)
+        channel = session.channels.get(str(ctx.args.get("channel")))
+        data = ctx.args.get("data")
         if channel is None:
             raise SessionError("no such channel (VS Code's connection closed)", "not_found")
         if not isinstance(data, str):
-            raise ValueError("data must be base64 text")
+            raise BadRequest("data must be base64 text")
         try:
             for body in channel.take(base64.b64decode(data, validate=True)):
                 checked, refusal = check_request(body, DEBUGPY.thread_ids)
@@ -181,9 +183,9 @@ class SessionDesk:
             self.close_channel(session, channel, f"the VS Code stream failed: {exc}")
         return {}
 
-    def dap_disconnect(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        session = self.own_dap(args, key)
-        channel = session.channels.get(str(args.get("channel")))
+    def dap_disconnect(self, ctx: RequestContext) -> dict[str, Any]:
+        session = self.own_dap(ctx)
+        channel = session.channels.get(str(ctx.args.get("channel")))
         if channel is not None:
             self.close_channel(session, channel, "VS Code disconnected", notify=False)
         return {}
@@ -222,33 +224,32 @@ class SessionDesk:
         if DEBUGPY.state == "failed" and isinstance(session, DapSession):
             session.end(f"the debugger stopped: {DEBUGPY.error}")
 
-    def own_session(self, args: dict[str, Any],
-                     key: AuthorizedKey) -> PdbSession | DapSession:
+    def own_session(self, ctx: RequestContext) -> PdbSession | DapSession:
         session = self.session
-        if session is None or args.get("session") != session.id:
+        if session is None or ctx.args.get("session") != session.id:
             raise SessionError("no such session (it may have ended)", "not_found")
-        if session.key_id != key.id:  # the key itself, not a name a client may share
-            raise PermissionError("that session belongs to another key")
-        if self.route is not None:  # the operator may have reconnected
-            self.routes[session.id] = self.route
+        if session.key_id != ctx.key.id:  # the key itself, not a name a client may share
+            raise Forbidden("that session belongs to another key", needed_role="debugger")
+        if ctx.route is not None:  # the operator may have reconnected
+            self.routes[session.id] = ctx.route
         session.last_seen = time.monotonic()
         return session
 
-    def session_input(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        data = args.get("data")
+    def session_input(self, ctx: RequestContext) -> dict[str, Any]:
+        data = ctx.args.get("data")
         if not isinstance(data, str) or len(data) > 65536:
-            raise ValueError("data must be a line of text (at most 64 KiB)")
-        session = self.own_session(args, key)
+            raise BadRequest("data must be a line of text (at most 64 KiB)")
+        session = self.own_session(ctx)
         if not isinstance(session, PdbSession):
             raise SessionError("that is not a pdb session", "not_found")
         session.feed(data)
         return {}
 
-    def session_ping(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        return {"state": self.own_session(args, key).state}
+    def session_ping(self, ctx: RequestContext) -> dict[str, Any]:
+        return {"state": self.own_session(ctx).state}
 
-    def session_close(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
-        self.own_session(args, key).end("closed by the operator: the thread goes on")
+    def session_close(self, ctx: RequestContext) -> dict[str, Any]:
+        self.own_session(ctx).end("closed by the operator: the thread goes on")
         return {}
 
     def pump(self) -> None:
@@ -285,6 +286,7 @@ class SessionDesk:
             self.routes.pop(session.id, None)
             self.audit.record("session", key=session.key_name, key_id=session.key_id,
                               pid=self.pid, mode=session.mode, outcome=session.reason)
+            self.on_sessions_changed()
         if route is not None:
             for event in events:
                 self.send(route, protocol.encode_event(event))

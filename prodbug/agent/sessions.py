@@ -28,7 +28,7 @@ from typing import Any
 
 from prodbug.agent import hooks, introspect, postmortem
 from prodbug.agent.dap import is_own_thread, untraced
-from prodbug.errors import ProdbugError
+from prodbug.errors import BadRequest, RequestError
 
 __all__ = ["DETACH", "PdbSession", "SessionError", "open_session"]
 
@@ -44,12 +44,11 @@ _REFUSED = {
 }
 
 
-class SessionError(ProdbugError):
-    """A session cannot be opened; ``code`` is the protocol error code."""
+class SessionError(RequestError):
+    """A session cannot be opened or used; ``code`` is the protocol error code."""
 
     def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
 
 
 class _IO:
@@ -276,15 +275,15 @@ def _find_thread(spec: str, agent_ident: int | None) -> threading.Thread:
 def _arm_break(session: PdbSession, args: dict[str, Any]) -> None:
     filename, line = args.get("file"), args.get("line")
     if not isinstance(filename, str) or not isinstance(line, int):
-        raise ValueError("break needs file (string) and line (integer)")
+        raise BadRequest("break needs file (string) and line (integer)")
     condition = args.get("condition")
     if condition is not None:
         if not isinstance(condition, str):
-            raise ValueError("condition must be a string")
+            raise BadRequest("condition must be a string")
         try:
             compile(condition, "<condition>", "eval")
         except SyntaxError as exc:
-            raise ValueError(f"condition is not a Python expression: {exc.msg}") from None
+            raise BadRequest(f"condition is not a Python expression: {exc.msg}") from None
     try:
         codes = hooks.find_code(filename, line)
     except LookupError as exc:
@@ -337,7 +336,7 @@ def open_session(args: dict[str, Any], key_id: str, key_name: str, agent_ident: 
                        f"(thread {captured.thread!r}, {when})\n")
         _spawn(session, None, captured.tb)
     else:
-        raise ValueError("mode must be thread, break, inspect or post_mortem")
+        raise BadRequest("mode must be thread, break, inspect or post_mortem")
     return session
 
 

@@ -21,6 +21,7 @@ from prodbug.agent.procfs import read_task_stats
 from prodbug.agent.saferepr import SafeRepr
 from prodbug.agent.tasks import collect_tasks
 from prodbug.agent.waits import analyze
+from prodbug.errors import BadRequest, Forbidden
 from prodbug.grouping import group_tasks, group_threads
 
 __all__ = ["MAX_DEPTH", "StateHistory", "collect_stacks", "process_header"]
@@ -145,13 +146,13 @@ def _cpu_and_state(stacks: dict[int, list[FrameType]], natives: dict[int, int],
 def _number(args: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
     value = args.get(name, default)
     if type(value) not in (int, float):  # bool is not a number here
-        raise ValueError(f"{name} must be a number")
+        raise BadRequest(f"{name} must be a number")
     try:
         number = float(value)
     except OverflowError:
-        raise ValueError(f"{name} is out of range ({low:g} to {high:g})") from None
+        raise BadRequest(f"{name} is out of range ({low:g} to {high:g})") from None
     if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number")
+        raise BadRequest(f"{name} must be a finite number")
     return min(max(number, low), high)
 
 
@@ -168,9 +169,9 @@ def collect_stacks(args: dict[str, Any], agent_ident: int | None, *,  # noqa: PL
     locals_depth = int(_number(args, "locals", 0, 0, 5))
     redact = args.get("redact", True)
     if not isinstance(redact, bool):
-        raise ValueError("redact must be true or false")
+        raise BadRequest("redact must be true or false")
     if not redact and not may_unredact:
-        raise PermissionError("unredacted locals need the debugger role")
+        raise Forbidden("unredacted locals need the debugger role", needed_role="debugger")
 
     threads_by_ident = _threads()
     natives: dict[int, int] = {}
