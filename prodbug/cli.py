@@ -41,12 +41,14 @@ TARGET_HELP = (
     "HOST (port 7661), HOST:PORT, tcp://HOST:PORT or ipc://PATH; "
     "omit it when exactly one local agent runs"
 )
+PID_HELP = ("a process: with a TARGET, that process of the service behind it (its door "
+            "relays; prodbug ps TARGET lists them); alone, a process on this host, found in "
+            "the registry (no keys needed)")
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", metavar="TARGET", help=TARGET_HELP)
-    parser.add_argument("--pid", type=int, help="a local process's agent, found in the registry "
-                        "(no keys needed)")
+    parser.add_argument("--pid", type=int, help=PID_HELP)
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                         help="how long to wait for the agent (default: %(default)s)")
     parser.add_argument("--key", metavar="PATH", help="your secret certificate "
@@ -91,6 +93,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _connection_args(p)
     p = add("stacks", "dump every thread's stack, with CPU use and state")
     _connection_args(p)
+    p.add_argument("--all", action="store_true",
+                   help="every process of the service behind TARGET (or, with no TARGET, "
+                        "every local agent) at once, identical stacks grouped across them; "
+                        "a process that does not answer within --timeout is named, not "
+                        "waited for")
     p.add_argument("--cpu-interval", type=float, default=0.1, metavar="SECONDS",
                    help="how long to sample per-thread CPU (0 skips; default: %(default)s)")
     p.add_argument("--locals", type=int, nargs="?", const=1, default=0, metavar="N",
@@ -137,8 +144,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-launch-json", nargs="?", const=".vscode/launch.json",
                    metavar="PATH", help="merge the attach configuration into launch.json "
                    "(default PATH: .vscode/launch.json)")
-    p = add("ps", "list the agents running on this host (for this user, or all for root)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("ps", "list a service's processes (door and members) through TARGET, or the "
+                  "agents on this host with no TARGET")
+    _connection_args(p)
+    from prodbug import inject, run
+
+    run.configure_parser(add("run", "start a command so that its Python processes (the "
+                                    "service's) start the agent, with no code change"))
+    inject.configure_parser(add("inject", "load the agent into a running Python process that "
+                                          "never imported it (gdb; ptrace rights needed)"))
     return parser
 
 
@@ -178,10 +192,11 @@ def _request(args: argparse.Namespace, cmd: str, req_args: dict[str, Any],
     target = resolve_target(args.target, args.pid)
     credentials = _credentials(args) if target.is_tcp else None
     try:
-        with Client(target.endpoint, credentials, timeout=args.timeout) as client:
+        with Client(target.endpoint, credentials, timeout=args.timeout,
+                    pid=target.request_pid) as client:
             return client.request(cmd, req_args)
     except ReplyTimeout as exc:
-        if not fallback or target.pid is None:
+        if not fallback or target.pid is None or target.relayed:
             raise
         from prodbug import registry
         from prodbug.faultdump import trigger_dump
@@ -240,12 +255,38 @@ def _cmd_stacks(args: argparse.Namespace) -> int:
         req["locals"] = args.locals
     if args.no_redact:
         req["redact"] = False
+    if args.all:
+        return _stacks_all(args, req)
     result = _request(args, "stacks", req, fallback=not args.no_fallback)
     if args.json:
         _print_json({"processes": [result]})
     else:
         sys.stdout.write(render_stacks(result, _style(args), group=not args.no_group))
     return 0
+
+
+def _stacks_all(args: argparse.Namespace, req: dict[str, Any]) -> int:
+    from prodbug.client import Client
+    from prodbug.fanout import ask_all_local, ask_all_through
+    from prodbug.render import render_stacks_all
+    from prodbug.target import resolve_target
+
+    if args.pid is not None:
+        raise ConfigError("--all asks every process: leave out --pid")
+    if args.timeout <= 0:
+        raise ConfigError("--timeout must be a positive number of seconds")
+    if args.target:
+        target = resolve_target(args.target)
+        credentials = _credentials(args) if target.is_tcp else None
+        with Client(target.endpoint, credentials, timeout=args.timeout) as client:
+            result = ask_all_through(client, "stacks", req, args.timeout)
+    else:
+        result = ask_all_local("stacks", req, args.timeout)
+    if args.json:
+        _print_json(result)
+    else:
+        sys.stdout.write(render_stacks_all(result, _style(args), group=not args.no_group))
+    return 0 if result["processes"] else 3
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -285,7 +326,7 @@ def _cmd_pdb(args: argparse.Namespace) -> int:
     import secrets
 
     with Client(target.endpoint, credentials, timeout=args.timeout,
-                routing_id=b"pdb-" + secrets.token_bytes(8)) as client:
+                routing_id=b"pdb-" + secrets.token_bytes(8), pid=target.request_pid) as client:
         return run_pdb(client, open_args)
 
 
@@ -301,8 +342,10 @@ def _cmd_vscode(args: argparse.Namespace) -> int:
     target = resolve_target(args.target, args.pid)
     credentials = _credentials(args) if target.is_tcp else None
     label = f"pid {target.pid}" if target.pid else target.endpoint.removeprefix("tcp://")
+    if target.relayed:
+        label = f"pid {target.pid} at {target.endpoint.removeprefix('tcp://')}"
     with Client(target.endpoint, credentials, timeout=args.timeout,
-                routing_id=b"dap-" + secrets.token_bytes(8)) as client:
+                routing_id=b"dap-" + secrets.token_bytes(8), pid=target.request_pid) as client:
         return run_vscode(client, port=args.port, local_root=args.local_root,
                           remote_root=args.remote_root, just_my_code=args.just_my_code,
                           yes=args.yes, label=label,
@@ -310,24 +353,44 @@ def _cmd_vscode(args: argparse.Namespace) -> int:
                           if args.write_launch_json else None)
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from prodbug import run
+
+    return run.main(args)
+
+
+def _cmd_inject(args: argparse.Namespace) -> int:
+    from prodbug import inject
+
+    return inject.main(args)
+
+
 def _cmd_ps(args: argparse.Namespace) -> int:
     from prodbug import registry
     from prodbug.render import render_ps
     from prodbug.textsafe import printable
 
-    notes: list[str] = []
-    entries = list(registry.list_entries(notes=notes))
-    for note in notes:  # e.g. a default directory another user took: never hide it
-        print(f"prodbug ps: {printable(note)}", file=sys.stderr)
-    if args.json:
-        _print_json({"agents": entries})
+    service: str | None = None
+    if args.target:
+        result = _request(args, "ps", {})
+        entries, service = list(result.get("agents", [])), result.get("service")
     else:
-        sys.stdout.write(render_ps(entries, _style(args)))
+        if args.pid is not None:
+            raise ConfigError("ps lists every local agent; --pid goes with a TARGET")
+        notes: list[str] = []
+        entries = [registry.describe_entry(e) for e in registry.list_entries(notes=notes)]
+        for note in notes:  # e.g. a default directory another user took: never hide it
+            print(f"prodbug ps: {printable(note)}", file=sys.stderr)
+    if args.json:
+        _print_json({"service": service, "agents": entries})
+    else:
+        sys.stdout.write(render_ps(entries, _style(args), service=service))
     return 0
 
 
 _COMMANDS = {"keygen": _cmd_keygen, "info": _cmd_info, "stacks": _cmd_stacks,
-             "audit": _cmd_audit, "ps": _cmd_ps, "pdb": _cmd_pdb, "vscode": _cmd_vscode}
+             "audit": _cmd_audit, "ps": _cmd_ps, "pdb": _cmd_pdb, "vscode": _cmd_vscode,
+             "run": _cmd_run, "inject": _cmd_inject}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

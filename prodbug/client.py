@@ -58,9 +58,12 @@ class Client:
     """A connection to one agent. Use as a context manager; ``request`` may be called again."""
 
     def __init__(self, endpoint: str, credentials: Credentials | None = None,
-                 timeout: float = 5.0, routing_id: bytes | None = None) -> None:
+                 timeout: float = 5.0, routing_id: bytes | None = None,
+                 pid: int | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        #: Every request goes to this process of the service (its door relays it).
+        self.pid = pid
         self._credentials = credentials
         if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://"):]):
             raise TargetUnreachable(f"no agent socket at {endpoint[len('ipc://'):]}")
@@ -106,8 +109,7 @@ class Client:
     def request(self, cmd: str, args: dict[str, Any] | None = None,
                 timeout: float | None = None) -> dict[str, Any]:
         """Run ``cmd`` on the agent and return its result, or raise a ``ProdbugError``."""
-        rid = secrets.token_hex(8)
-        self.send_raw(protocol.encode_request(protocol.Request(id=rid, cmd=cmd, args=args or {})))
+        rid = self.send_request(cmd, args)
         reply = self._await_reply(rid, self.timeout if timeout is None else timeout)
         if reply.error is not None:
             if reply.error.code == "forbidden":
@@ -186,11 +188,30 @@ class Client:
         except ProtocolError as exc:
             raise ProtocolError(f"malformed message from {self.endpoint}: {exc}") from None
 
-    def send_request(self, cmd: str, args: dict[str, Any] | None = None) -> str:
-        """Send a request without waiting; its reply comes through ``poll_message``."""
+    def send_request(self, cmd: str, args: dict[str, Any] | None = None, *,
+                     pid: int | None = None) -> str:
+        """Send a request without waiting (to process ``pid`` of the service, default the
+        client's); its reply comes through ``poll_message`` or ``gather``."""
         rid = secrets.token_hex(8)
-        self.send_raw(protocol.encode_request(protocol.Request(id=rid, cmd=cmd, args=args or {})))
+        self.send_raw(protocol.encode_request(protocol.Request(
+            id=rid, cmd=cmd, args=args or {}, pid=self.pid if pid is None else pid)))
         return rid
+
+    def gather(self, rids: set[str], timeout: float) -> dict[str, protocol.Reply]:
+        """The replies to ``rids`` that arrive within ``timeout`` seconds (the others are
+        missing from the result: the caller names them)."""
+        deadline = time.monotonic() + timeout
+        wanted = set(rids)
+        found: dict[str, protocol.Reply] = {}
+        while wanted:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
+                break
+            message = self._decode(self._sock.recv())
+            if isinstance(message, protocol.Reply) and message.id in wanted:
+                wanted.discard(message.id)
+                found[message.id] = message
+        return found
 
     def poll_message(self, timeout: float) -> protocol.Reply | protocol.Event | None:
         """The next event (kept ones first) or reply within ``timeout`` seconds, or None."""

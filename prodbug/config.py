@@ -30,7 +30,9 @@ _ENV = {
     "dump_signal": "PRODBUG_DUMP_SIGNAL",
     "session_heartbeat": "PRODBUG_SESSION_HEARTBEAT",
     "session_idle": "PRODBUG_SESSION_IDLE",
+    "service": "PRODBUG_SERVICE",
 }
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.:@/+-]{1,100}$")
 
 
 def parse_listen(listen: str) -> tuple[str, int, bool]:
@@ -80,6 +82,9 @@ class AgentConfig:
     dump_signal: str = "auto"
     session_heartbeat: float = 5.0
     session_idle: float = 600.0
+    #: Processes of one service share one door (its TCP port); None: the listen address,
+    #: when its port is fixed (see ``service_name``).
+    service: str | None = None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AgentConfig:
@@ -109,7 +114,7 @@ class AgentConfig:
                     values[name] = float(text)
                 except ValueError:
                     raise ConfigError(f'{var}="{text}" is not a number of seconds') from None
-            elif name in ("listen", "dump_signal"):
+            elif name in ("listen", "dump_signal", "service"):
                 values[name] = text
             else:
                 values[name] = Path(text).expanduser()
@@ -143,6 +148,10 @@ class AgentConfig:
         if not (self.dump_signal in ("auto", "off") or str(self.dump_signal).isdigit()):
             raise ConfigError(f'PRODBUG_DUMP_SIGNAL="{self.dump_signal}" must be auto, off or '
                               f"a signal number")
+        if self.service is not None and (not isinstance(self.service, str)
+                                         or not _SERVICE_NAME.match(self.service)):
+            raise ConfigError(f'PRODBUG_SERVICE="{self.service}" must be 1-100 letters, digits '
+                              f"or _.:@/+- (for example: api, or billing-worker)")
         if self.listen is None:
             return
         _host, _port, loopback = parse_listen(self.listen)
@@ -161,6 +170,17 @@ class AgentConfig:
                 "PRODBUG_LISTEN needs PRODBUG_AUTHORIZED_KEYS (a directory of the clients' "
                 ".key files); TCP never runs without an allow-list"
             )
+
+    def service_name(self) -> str | None:
+        """The service this process belongs to: ``PRODBUG_SERVICE``, else the listen
+        address when its port is fixed (processes that share a port are one service), else
+        none (a process of its own)."""
+        if self.service:
+            return self.service
+        if self.listen is None:
+            return None
+        host, port, _ = parse_listen(self.listen)
+        return f"{host}:{port}" if port else None
 
     def without_tcp(self) -> AgentConfig:
         """The same configuration, local ipc only (for a forked child)."""

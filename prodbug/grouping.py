@@ -1,17 +1,32 @@
-"""Collapse identical stacks: "12 threads: ...", "180 tasks: ...". Pure data, both sides use it."""
+"""Collapse identical stacks: "12 threads: ...", "180 tasks: ...". Pure data, both sides use it.
+
+``group_threads``/``group_tasks`` work on one process (the agent sends their groups);
+``group_threads_across``/``group_tasks_across`` on the results of several processes (the
+CLI groups a whole service's ``stacks --all``), with members named ``(pid, id, name)``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["group_tasks", "group_threads"]
+__all__ = ["group_tasks", "group_tasks_across", "group_threads", "group_threads_across"]
 
 
 def _frames_key(frames: list[dict[str, Any]]) -> tuple[tuple[str, int, str], ...]:
     return tuple((f["filename"], f["lineno"], f["function"]) for f in frames)
 
 
-def _group(items: list[dict[str, Any]], key_of: Any, member: str,
+def _thread_key(thread: dict[str, Any]) -> Any:
+    wait = thread.get("wait") or {}
+    return (thread.get("state"), wait.get("kind"), _frames_key(thread["frames"]))
+
+
+def _task_key(task: dict[str, Any]) -> Any:
+    return (task.get("state"), task.get("awaiting"), _frames_key(task["frames"]))
+
+
+def _group(items: list[dict[str, Any]], key_of: Callable[[dict[str, Any]], Any], member: str,
            copied: tuple[str, ...]) -> list[dict[str, Any]]:
     groups: dict[Any, dict[str, Any]] = {}
     for item in items:
@@ -29,16 +44,48 @@ def _group(items: list[dict[str, Any]], key_of: Any, member: str,
 
 def group_threads(threads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Threads with the same state, wait kind and frames, largest group first."""
-    def key(t: dict[str, Any]) -> Any:
-        wait = t.get("wait") or {}
-        return (t.get("state"), wait.get("kind"), _frames_key(t["frames"]))
-
-    return _group([t for t in threads if not t.get("agent")], key, "ident", ("state", "wait"))
+    return _group([t for t in threads if not t.get("agent")], _thread_key, "ident",
+                  ("state", "wait"))
 
 
 def group_tasks(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Tasks of one loop with the same state, awaited object and await chain."""
     def key(t: dict[str, Any]) -> Any:
-        return (t.get("loop"), t.get("state"), t.get("awaiting"), _frames_key(t["frames"]))
+        return (t.get("loop"), _task_key(t))
 
     return _group(tasks, key, "id", ("state", "awaiting", "loop"))
+
+
+def _live(processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # A C-level (faulthandler) dump has frames but no states: it is shown on its own.
+    return [p for p in processes if p.get("fallback") != "faulthandler"]
+
+
+def _across(items: list[dict[str, Any]], key_of: Callable[[dict[str, Any]], Any],
+            copied: tuple[str, ...]) -> list[dict[str, Any]]:
+    groups = _group(items, key_of, "member", copied)
+    for g in groups:
+        g["pids"] = sorted({m[0] for m in g["members"]})
+    groups.sort(key=lambda g: (-g["count"], g["members"][0]))
+    return groups
+
+
+def group_threads_across(processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Threads of several processes (``stacks`` results) with the same state, wait kind
+    and frames, largest group first; identical threads of one process group too.
+
+    Each group: ``count``, ``members`` (``(pid, ident, name)`` in process order),
+    ``names``, ``pids`` (sorted, distinct), ``frames``, ``state`` and the first member's
+    ``wait``. Agent threads and C-level (faulthandler) dumps are left out.
+    """
+    items = [{**t, "member": (p["pid"], t["ident"], t["name"])}
+             for p in _live(processes) for t in p.get("threads") or [] if not t.get("agent")]
+    return _across(items, _thread_key, ("state", "wait"))
+
+
+def group_tasks_across(processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Asyncio tasks of several processes with the same state, awaited object and await
+    chain (whatever their loop), largest group first; members ``(pid, id, name)``."""
+    items = [{**t, "member": (p["pid"], t["id"], t["name"])}
+             for p in _live(processes) for t in p.get("tasks") or []]
+    return _across(items, _task_key, ("state", "awaiting"))

@@ -18,6 +18,7 @@ import os
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from prodbug.textsafe import printable
 __all__ = [
     "MAX_IPC_PATH",
     "default_runtime_dir",
+    "describe_entry",
     "ensure_runtime_dir",
     "find_entry",
     "list_entries",
@@ -398,3 +400,26 @@ def find_entry(pid: int, notes: list[str] | None = None) -> dict[str, Any]:
         f"process {pid} runs no prodbug agent that this user can see; start it with "
         f"prodbug.start_agent() or PRODBUG_* variables and 'import prodbug.autostart'"
     )
+
+
+def describe_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """What ``prodbug ps`` shows of one process: its registry entry and what the system
+    says of it now (CPU is the average since it started; each figure None if unknown)."""
+    import psutil  # only here: the CLI's other commands do not pay for it
+
+    pid = int(entry["pid"])
+    facts: dict[str, Any] = {"cpu_percent": None, "rss_bytes": None, "threads": None}
+    with contextlib.suppress(psutil.Error, OSError):
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            times = proc.cpu_times()
+            started = proc.create_time()
+            facts["rss_bytes"] = proc.memory_info().rss
+            facts["threads"] = proc.num_threads()
+        alive_for = max(time.time() - started, 1e-3)
+        facts["cpu_percent"] = round(100.0 * (times.user + times.system) / alive_for, 1)
+    started_at = entry.get("started_at")
+    uptime = round(max(time.time() - float(started_at), 0.0), 1) \
+        if isinstance(started_at, (int, float)) else None
+    return {"role": "local", "service": None, "ppid": None, "sessions": 0, **entry, **facts,
+            "uptime_s": uptime}

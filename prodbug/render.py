@@ -6,18 +6,20 @@ a local may carry terminal escape sequences), then lays it out and colours it.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from prodbug.grouping import group_tasks_across, group_threads_across
 from prodbug.textsafe import printable, printable_tree
 
 _STDLIB = re.compile(r"/lib/python3\.\d+/")
 
-__all__ = ["Style", "format_duration", "render_audit", "render_info", "render_ps",
-           "render_stacks"]
+__all__ = ["Style", "format_bytes", "format_duration", "render_audit", "render_info",
+           "render_ps", "render_stacks", "render_stacks_all"]
 
 
 class Style:
@@ -57,6 +59,15 @@ def format_duration(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def format_bytes(n: float) -> str:
+    """``812K``, ``212M``, ``1.4G`` (powers of 1024)."""
+    if n < 1 << 20:
+        return f"{n / 1024:.0f}K"
+    if n < 1 << 30:
+        return f"{n / (1 << 20):.0f}M"
+    return f"{n / (1 << 30):.1f}G"
+
+
 def _natural(name: str) -> list[Any]:
     """'stuck-2' before 'stuck-10'."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
@@ -88,8 +99,24 @@ def _short_path(filename: str) -> str:
     return filename
 
 
-def _argv(argv: Iterable[Any]) -> str:
-    return " ".join(str(a) for a in argv)
+def _argv(argv: Iterable[Any] | str) -> str:
+    return argv if isinstance(argv, str) else " ".join(str(a) for a in argv)
+
+
+def _short_argv(argv: Any, most: int = 80) -> str:
+    text = _argv(argv or [])
+    return text if len(text) <= most else text[:most - 3] + "..."
+
+
+def _number(value: Any) -> float | None:
+    """A finite int or float from the wire (never a bool), else None."""
+    if type(value) not in (int, float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    return number if math.isfinite(number) else None
 
 
 #: Above this many threads (or tasks), identical stacks are shown once, with a count.
@@ -152,15 +179,19 @@ def _render_threads(lines: list[str], result: dict[str, Any], style: Style,
         lines.append("")
         shown.update(g["members"])
     for thread in threads:
-        if thread["ident"] in shown:
-            continue
-        lines.append(_thread_header(thread, names, style))
-        for held in thread.get("holds") or []:
-            lines.append(f"    {style.dim('holds')} {held['what']}")
-        _frames(lines, thread["frames"], style, "    ")
-        if thread.get("truncated"):
-            lines.append("    ... (outer frames cut)")
-        lines.append("")
+        if thread["ident"] not in shown:
+            _thread_block(lines, thread, names, style)
+
+
+def _thread_block(lines: list[str], thread: dict[str, Any], names: dict[int, str],
+                  style: Style) -> None:
+    lines.append(_thread_header(thread, names, style))
+    for held in thread.get("holds") or []:
+        lines.append(f"    {style.dim('holds')} {held['what']}")
+    _frames(lines, thread["frames"], style, "    ")
+    if thread.get("truncated"):
+        lines.append("    ... (outer frames cut)")
+    lines.append("")
 
 
 def _render_tasks(lines: list[str], result: dict[str, Any], style: Style, group: bool) -> None:
@@ -198,16 +229,44 @@ def _render_dump_threads(lines: list[str], threads: list[dict[str, Any]],
         _frames(lines, thread["frames"], style, "      ")
 
 
-def render_stacks(result: dict[str, Any], style: Style, *, group: bool = True) -> str:
-    """One process: deadlocks first, then threads (identical stacks grouped when there
-    are many), event loops with their tasks, and the latest hang dump."""
+def _prepare(result: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One process's result made printable, and its hang dump's threads (parsed first:
+    the dump is text the parser must see as it was written)."""
     hang = result.get("hang_dump")
     hang_threads: list[dict[str, Any]] = []
     if isinstance(hang, dict):
         from prodbug.faultdump import parse_dump
 
         hang_threads = printable_tree(parse_dump(str(hang.get("text") or "")))
-    result = printable_tree(result)
+    return printable_tree(result), hang_threads
+
+
+def _render_hang(lines: list[str], result: dict[str, Any], hang_threads: list[dict[str, Any]],
+                 style: Style) -> None:
+    hang = result.get("hang_dump")
+    if not hang:
+        return
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(hang["time"])))
+    lines.append(style.red(style.bold(
+        f"Latest hang dump, {stamp}: no Python thread could run for "
+        f"{hang.get('seconds') or '?'}s")))
+    names = {t["ident"]: t["name"] for t in result["threads"]}
+    _render_dump_threads(lines, hang_threads, names, style)
+
+
+_C_LEVEL = "C-level dump (faulthandler): frames only; no CPU, states, source lines or tasks"
+_REDACTED = ("(locals whose names look secret are redacted; a debugger key may ask for them "
+             "with --no-redact)")
+
+
+def render_stacks(result: dict[str, Any], style: Style, *, group: bool = True) -> str:
+    """One process: deadlocks first, then threads (identical stacks grouped when there
+    are many), event loops with their tasks, and the latest hang dump."""
+    return _render_prepared(*_prepare(result), style, group)
+
+
+def _render_prepared(result: dict[str, Any], hang_threads: list[dict[str, Any]], style: Style,
+                     group: bool) -> str:
     threads = result["threads"]
     hidden = sum(1 for t in threads if t.get("agent"))
     lines = [
@@ -225,23 +284,255 @@ def render_stacks(result: dict[str, Any], style: Style, *, group: bool = True) -
                      + cycle["description"].removeprefix("deadlock: "))
         lines.append("")
     if result.get("fallback") == "faulthandler":
-        lines.append(style.yellow(
-            "C-level dump (faulthandler): frames only; no CPU, states, source lines or tasks"))
+        lines.append(style.yellow(_C_LEVEL))
         _render_dump_threads(lines, threads, {}, style)
         return "\n".join(lines).rstrip() + "\n"
     _render_threads(lines, result, style, group)
     _render_tasks(lines, result, style, group)
-    hang = result.get("hang_dump")
-    if hang:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(hang["time"])))
-        lines.append(style.red(style.bold(
-            f"Latest hang dump, {stamp}: no Python thread could run for "
-            f"{hang.get('seconds') or '?'}s")))
-        names = {t["ident"]: t["name"] for t in threads}
-        _render_dump_threads(lines, hang_threads, names, style)
+    _render_hang(lines, result, hang_threads, style)
     if result.get("locals_redacted"):
-        lines.append(style.dim("(locals whose names look secret are redacted; a debugger key "
-                               "may ask for them with --no-redact)"))
+        lines.append(style.dim(_REDACTED))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+#: Members named in a shared stack's heading, and processes; the table has them all.
+_MEMBER_PIDS = 6
+_MEMBER_NAMES = 3
+
+
+def _pid_key(pid: Any) -> tuple[int, int, str]:
+    return (0, pid, "") if type(pid) is int else (1, 0, str(pid))
+
+
+def _process_order(process: dict[str, Any]) -> tuple[bool, tuple[int, int, str]]:
+    """The door first, then the members by pid."""
+    return (process.get("role") != "door", _pid_key(process.get("pid")))
+
+
+def _own_threads(process: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t for t in process.get("threads") or [] if not t.get("agent")]
+
+
+def _hottest(process: dict[str, Any]) -> str:
+    """The thread using the most CPU, when it is busy ("running")."""
+    best: tuple[float, str] | None = None
+    for thread in _own_threads(process):
+        cpu = _number(thread.get("cpu_percent"))
+        if cpu is not None and cpu >= 10 and (best is None or cpu > best[0]):
+            best = (cpu, str(thread.get("name")))
+    return "-" if best is None else f"{_q(best[1])} {best[0]:.0f}% CPU"
+
+
+def _members_text(members: list[tuple[Any, Any, str]]) -> str:
+    """``pid 101 'MainThread', pid 102 'MainThread'``; with several members in one
+    process, ``pid 101 'a', 'b'; pid 102 'c'``; all in one process, ``'a', 'b'``."""
+    by_pid: dict[Any, list[str]] = {}
+    for pid, _, name in members:
+        by_pid.setdefault(pid, []).append(name)
+    if len(by_pid) == 1:  # the heading says "in pid 101" already
+        return _names([name for _, _, name in members])
+    parts = [f"pid {pid} " + _names(names, _MEMBER_NAMES)
+             for pid, names in list(by_pid.items())[:_MEMBER_PIDS]]
+    one_each = all(len(names) == 1 for names in by_pid.values())
+    text = (", " if one_each else "; ").join(parts)
+    more = len(by_pid) - _MEMBER_PIDS
+    return text + (f" and {more} more process{'es' if more > 1 else ''}" if more > 0 else "")
+
+
+def _where(group: dict[str, Any]) -> str:
+    pids = group["pids"]
+    return f"in {len(pids)} processes" if len(pids) > 1 else f"in pid {pids[0]}"
+
+
+def _summary(processes: list[dict[str, Any]], missing: list[Any], style: Style) -> str:
+    n = len(processes)
+    text = f"{n} process{'es' if n != 1 else ''}" if n else "no process answered"
+    door = next((p for p in processes if p.get("role") == "door"), None)
+    members = sum(1 for p in processes if p.get("role") == "member")
+    if door is not None:
+        text += f" (door pid {door.get('pid')}, {members} member{'s' if members != 1 else ''})"
+    if missing:
+        gone = ", ".join(
+            f"pid {m.get('pid')} ({m.get('reason') or 'no reason given'})"
+            if isinstance(m, dict) else str(m) for m in missing)
+        text += "; " + style.red(f"{len(missing)} did not answer: {gone}")
+    return text
+
+
+def _table(rows: Sequence[Sequence[str]], style: Style) -> list[str]:
+    """Aligned columns, the last one left ragged; the first row is the heading."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    out = []
+    for n, row in enumerate(rows):
+        line = "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True))
+        line = (line + "  " + row[-1]).rstrip()
+        out.append(style.bold(line) if n == 0 else line)
+    return out
+
+
+class _Across:
+    """Several processes' printable results, their shared stacks (``#1``...) and what
+    is left for each process alone."""
+
+    def __init__(self, processes: list[dict[str, Any]], style: Style) -> None:
+        self.processes = processes
+        self.style = style
+        self.thread_groups = [g for g in group_threads_across(processes) if g["count"] > 1]
+        self.task_groups = [g for g in group_tasks_across(processes) if g["count"] > 1]
+        self.labels: dict[Any, list[str]] = {}  # pid -> the shared stacks it is in
+        self.shared_threads: set[tuple[Any, Any]] = set()  # (pid, ident)
+        self.shared_tasks: set[tuple[Any, Any]] = set()  # (pid, task id)
+        for n, g in enumerate(self.thread_groups + self.task_groups, 1):
+            for pid in g["pids"]:
+                self.labels.setdefault(pid, []).append(f"#{n}")
+            shared = self.shared_threads if n <= len(self.thread_groups) else self.shared_tasks
+            shared.update((pid, ident) for pid, ident, _ in g["members"])
+        self.threads = {(p.get("pid"), t["ident"]): t for p in processes
+                        for t in _own_threads(p)}
+        self.names = {p.get("pid"): {t["ident"]: t["name"] for t in p.get("threads") or []
+                                     if "name" in t}  # a C-level dump names no thread
+                      for p in processes}
+
+    def own_threads(self, process: dict[str, Any]) -> list[dict[str, Any]]:
+        pid = process.get("pid")
+        return [t for t in _own_threads(process) if (pid, t["ident"]) not in self.shared_threads]
+
+    def own_tasks(self, process: dict[str, Any]) -> list[dict[str, Any]]:
+        pid = process.get("pid")
+        return [t for t in process.get("tasks") or [] if (pid, t["id"]) not in self.shared_tasks]
+
+    def table(self) -> list[str]:
+        rows = [("PID", "ROLE", "THREADS", "HOT", "STACKS", "COMMAND")]
+        for process in self.processes:
+            if process.get("fallback") == "faulthandler":
+                where = ["C-level dump below"]
+            else:
+                where = [", ".join(self.labels.get(process.get("pid"), []))]
+                own = len(self.own_threads(process)) + len(self.own_tasks(process))
+                where += [f"{own} below"] if own else []
+                where += ["hang dump below"] if process.get("hang_dump") else []
+            rows.append((str(process.get("pid")), str(process.get("role") or "-"),
+                         str(len(_own_threads(process))), _hottest(process),
+                         " + ".join(w for w in where if w) or "-",
+                         _short_argv(process.get("argv"), 60)))
+        return _table(rows, self.style)
+
+    def _state(self, group: dict[str, Any]) -> str:
+        members = [(pid, self.threads[(pid, ident)]) for pid, ident, _ in group["members"]]
+        text = str(group.get("state") or "?")
+        since = [_number(t.get("since_s")) for _, t in members]
+        if all(s is not None and s >= 1 for s in since):
+            text += f" {format_duration(min(s for s in since if s is not None))}+"
+        waits = {_wait_text(t, self.names[pid]) for pid, t in members}
+        if len(waits) == 1:
+            text += waits.pop()
+        else:  # e.g. each process's own lock: the same kind, not the same object
+            kind = (group.get("wait") or {}).get("kind")
+            text += f" on a {kind} (not the same one in each)" if kind else ""
+        return text
+
+    def shared(self, lines: list[str]) -> None:
+        style = self.style
+        for n, g in enumerate(self.thread_groups, 1):
+            heading = style.bold(f"#{n} {g['count']} threads {_where(g)}")
+            lines.append(f"{heading} ({_members_text(g['members'])}): {self._state(g)}, "
+                         f"the same stack:")
+            held = [(pid, name, h) for pid, ident, name in g["members"]
+                    for h in self.threads[(pid, ident)].get("holds") or []]
+            for pid, name, h in held[:_MEMBER_PIDS]:
+                lines.append(f"    {style.dim('holds')} {h['what']} (pid {pid} {_q(name)})")
+            if len(held) > _MEMBER_PIDS:
+                lines.append(f"    {style.dim('holds')} ... ({len(held) - _MEMBER_PIDS} more)")
+            _frames(lines, g["frames"], style, "    ")
+            lines.append("")
+        for n, g in enumerate(self.task_groups, len(self.thread_groups) + 1):
+            state = str(g.get("state")) + (f" awaiting {g['awaiting']}" if g.get("awaiting")
+                                           else "")
+            heading = style.bold(f"#{n} {g['count']} asyncio tasks {_where(g)}")
+            lines.append(f"{heading} ({_members_text(g['members'])}): {state}, the same stack:")
+            _frames(lines, g["frames"], style, "    ")
+            lines.append("")
+
+    def own(self, lines: list[str], process: dict[str, Any],
+            hang_threads: list[dict[str, Any]]) -> None:
+        """What only this process shows, under a heading naming it."""
+        style = self.style
+        section: list[str] = []
+        if process.get("fallback") == "faulthandler":
+            section.append(style.yellow(_C_LEVEL))
+            _render_dump_threads(section, process.get("threads") or [], {}, style)
+            section.append("")
+        else:
+            for thread in self.own_threads(process):
+                _thread_block(section, thread, self.names[process.get("pid")], style)
+            self._own_tasks(section, process)
+            _render_hang(section, process, hang_threads, style)
+        if section:
+            role = process.get("role")
+            lines.append(style.bold(f"Process {process.get('pid')}")
+                         + (f" ({role})" if role else "")
+                         + f": {_short_argv(process.get('argv'))}")
+            lines += section
+
+    def _own_tasks(self, lines: list[str], process: dict[str, Any]) -> None:
+        style = self.style
+        own = self.own_tasks(process)
+        for loop in process.get("loops") or []:
+            total = sum(1 for t in process.get("tasks") or [] if t["loop"] == loop["id"])
+            mine = [t for t in own if t["loop"] == loop["id"]]
+            if not mine:
+                continue
+            where = (f"thread {_q(loop['thread_name'])}" if loop.get("thread_name")
+                     else "no running thread")
+            lines.append(style.bold(f"Event loop {loop['type']} in {where}: {total} tasks")
+                         + (f" ({total - len(mine)} in shared stacks)" if len(mine) < total
+                            else ""))
+            for task in mine:
+                state = str(task.get("state")) + (
+                    f" awaiting {task['awaiting']}" if task.get("awaiting") else "")
+                lines.append(f"  {style.bold('Task: ' + _q(task['name']))} ({state})")
+                _frames(lines, task["frames"], style, "      ")
+            lines.append("")
+        if process.get("tasks_truncated"):
+            lines.append("(more tasks than shown: the dump keeps at most 10000)")
+            lines.append("")
+
+
+def render_stacks_all(result: dict[str, Any], style: Style, *, group: bool = True) -> str:
+    """Several processes (``stacks --all``): ``{"processes": [...], "missing": [...]}``.
+
+    A summary line (and who did not answer); every process's deadlocks; a table of the
+    processes (door first, then members by pid) saying where each one's stacks are;
+    stacks shared by several threads, across processes or within one, shown once and
+    numbered (``#1``); then, under each process, its threads and tasks that are its own
+    and its hang dump. ``group=False``: each process in full, one after another.
+    """
+    prepared = sorted((_prepare(p) for p in result.get("processes") or []),
+                      key=lambda ph: _process_order(ph[0]))
+    processes = [p for p, _ in prepared]
+    missing = printable_tree(list(result.get("missing") or []))
+    lines = [_summary(processes, missing, style), ""]
+    if not group:
+        for process, hang_threads in prepared:
+            role = process.get("role")
+            lines.append(style.bold(f"=== pid {process.get('pid')}"
+                                    + (f" ({role})" if role else "") + " ==="))
+            lines.append(_render_prepared(process, hang_threads, style, group=False))
+        return "\n".join(lines).rstrip() + "\n"
+    for process in processes:
+        for cycle in process.get("deadlocks") or []:
+            lines.append(style.red(style.bold(f"DEADLOCK in pid {process.get('pid')}")) + ": "
+                         + cycle["description"].removeprefix("deadlock: "))
+    if lines[-1]:
+        lines.append("")
+    across = _Across(processes, style)
+    lines += across.table()
+    lines.append("")
+    across.shared(lines)
+    for process, hang_threads in prepared:
+        across.own(lines, process, hang_threads)
+    if any(p.get("locals_redacted") for p in processes):
+        lines.append(style.dim(_REDACTED))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -283,29 +574,71 @@ def render_info(result: dict[str, Any], style: Style) -> str:
     return "".join(f"{style.bold(k.ljust(width))}  {v}\n" for k, v in rows)
 
 
-def render_ps(entries: list[dict[str, Any]], style: Style) -> str:
-    """The local agents as a table."""
+_ROLE_ORDER = {"door": 0, "member": 1}
+
+
+def _debugpy_cell(entry: dict[str, Any], now: float) -> str:
+    """The agent's debugpy state (``ready 3m05s``: set up by prodbug that long ago;
+    ``starting``, ``failed``, ``off``), or ``loaded`` when the process imported debugpy
+    itself; ``-`` when the agent does not say."""
+    state = entry.get("debugpy")
+    since = _number(entry.get("debugpy_since"))
+    if state is True or state == "ready" or (state is None and since is not None):
+        return "ready" + (f" {format_duration(max(0.0, now - since))}" if since is not None
+                          else "")
+    if isinstance(state, str) and state != "off":
+        return state
+    loaded = entry.get("debugpy_loaded")
+    if loaded is True:
+        return "loaded"
+    if state is False or state == "off" or loaded is False:
+        return "off"
+    return "-"
+
+
+def _count(value: Any) -> str:
+    return str(value) if type(value) is int else "-"
+
+
+def render_ps(entries: list[dict[str, Any]], style: Style, service: str | None = None) -> str:
+    """Agents as a table: a service's door first, then its members by pid (entries of no
+    service last); a ``service`` line above when one was asked about. A value an older
+    agent does not report shows as ``-``."""
     entries = printable_tree(entries)
+    title = f"service {_q(printable(service))}" if service is not None else None
     if not entries:
-        return "no local agents\n"
+        return (f"{title}: no agents\n" if title else "no local agents\n")
     now = time.time()
-    rows = [("PID", "UPTIME", "ENDPOINT", "DEBUGGER", "COMMAND")]
-    for e in entries:
-        since = e.get("debugpy_since")
-        debugger = f"debugpy {format_duration(now - float(since))}" if since else "-"
-        rows.append((
-            str(e["pid"]),
-            format_duration(now - float(e.get("started_at", now))),
-            str(e.get("tcp_endpoint") or e.get("endpoint")),
-            debugger,
-            _argv(e.get("argv", []))[:80],
+    many = service is None and any(e.get("service") for e in entries)
+
+    def order(e: dict[str, Any]) -> tuple[Any, ...]:
+        return (e.get("service") is None, str(e.get("service") or ""),
+                _ROLE_ORDER.get(str(e.get("role")), 2), _pid_key(e.get("pid")))
+
+    rows = [("PID", "PPID", "ROLE") + (("SERVICE",) if many else ()) + (
+        "UPTIME", "CPU%", "RSS", "THREADS", "SESSIONS", "DEBUGPY", "COMMAND")]
+    for e in sorted(entries, key=order):
+        started = _number(e.get("started_at"))
+        cpu = _number(e.get("cpu_percent"))
+        rss = _number(e.get("rss_bytes"))
+        rows.append((_count(e.get("pid")), _count(e.get("ppid")), str(e.get("role") or "-"))
+                    + ((str(e.get("service") or "-"),) if many else ()) + (
+            format_duration(max(0.0, now - started)) if started is not None else "-",
+            f"{cpu:.1f}" if cpu is not None else "-",
+            format_bytes(rss) if rss is not None else "-",
+            _count(e.get("threads")),
+            _count(e.get("sessions")),
+            _debugpy_cell(e, now),
+            _short_argv(e.get("argv")),
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    out = []
-    for n, row in enumerate(rows):
-        line = "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
-        out.append(style.bold(line) if n == 0 else line)
-    return "\n".join(out) + "\n"
+    lines = _table(rows, style)
+    if title:
+        doors = [str(e.get("pid")) for e in entries if e.get("role") == "door"]
+        members = sum(1 for e in entries if e.get("role") == "member")
+        lines.insert(0, f"{style.bold(title)}: " + (f"door pid {', '.join(doors)}, "
+                                                      if doors else "no door, ")
+                     + f"{members} member{'s' if members != 1 else ''}")
+    return "\n".join(lines) + "\n"
 
 
 def render_audit(records: list[dict[str, Any]]) -> str:

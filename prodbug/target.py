@@ -21,10 +21,17 @@ class Target:
 
     endpoint: str
     pid: int | None = None
+    #: ``pid`` is another process of the service behind ``endpoint`` (its door relays).
+    relayed: bool = False
 
     @property
     def is_tcp(self) -> bool:
         return self.endpoint.startswith("tcp://")
+
+    @property
+    def request_pid(self) -> int | None:
+        """The pid every request must name (only when the door is to relay it)."""
+        return self.pid if self.relayed else None
 
 
 def _warn(notes: list[str]) -> None:
@@ -34,10 +41,16 @@ def _warn(notes: list[str]) -> None:
 
 
 def resolve_target(text: str | None, pid: int | None = None) -> Target:
-    """Turn the CLI's TARGET and ``--pid`` into an endpoint."""
+    """Turn the CLI's TARGET and ``--pid`` into an endpoint.
+
+    ``--pid`` alone is a process on this host (found in the registry, no keys); with a
+    TARGET it is a process of the service behind that TARGET, reached through its door.
+    """
+    if pid is not None and pid <= 0:
+        raise ConfigError(f"--pid {pid} is not a process id")
+    if pid is not None and text:
+        return Target(resolve_target(text).endpoint, pid, relayed=True)
     if pid is not None:
-        if text:
-            raise ConfigError("give either a TARGET or --pid, not both")
         notes: list[str] = []
         entry = registry.find_entry(pid, notes)
         _warn(notes)

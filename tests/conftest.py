@@ -364,8 +364,8 @@ def cli(base_env: dict[str, str],
         request: pytest.FixtureRequest) -> Iterator[Callable[..., pexpect.spawn]]:
     started: list[pexpect.spawn] = []
 
-    def start(*args: str) -> pexpect.spawn:
-        child = pexpect.spawn(sys.executable, ["-m", "prodbug", *args], env=base_env,
+    def start(*args: str, env: dict[str, str] | None = None) -> pexpect.spawn:
+        child = pexpect.spawn(sys.executable, ["-m", "prodbug", *args], env=env or base_env,
                               encoding="utf-8", timeout=60)
         child.logfile_read = io.StringIO()
         started.append(child)

@@ -85,7 +85,7 @@ def test_vscode_attach_break_inspect_continue_reattach(service: Target, vscode, 
     assert info["debug"]["debugpy_loaded"] is True
     (entry,) = json.loads(run_cli("ps", "--json", env=base_env).stdout)["agents"]
     assert entry["debugpy"] == "ready" and entry["debugpy_since"] > 0
-    assert "debugpy" in run_cli("ps", env=base_env).stdout
+    assert " ready " in run_cli("ps", env=base_env).stdout  # the DEBUGPY column
 
 
 def test_killing_the_cli_resumes_a_thread_stopped_at_a_breakpoint(service: Target,

@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import threading
+from dataclasses import replace
 from typing import Any
 
 from prodbug.agent.server import THREAD_NAME, Agent
@@ -72,8 +73,12 @@ def _after_fork_in_child() -> None:
         _log.debug("forgetting the parent's agent failed in child %d", os.getpid(),
                    exc_info=True)
     try:
-        # The parent keeps the TCP port; the child is reachable over its own ipc endpoint.
-        child = Agent(parent.config.without_tcp())
+        # The parent keeps the TCP port. A child of a service joins it as a member (it
+        # reaches the port's door, and may take the port over when the door exits); any
+        # other child is reachable over its own ipc endpoint only.
+        config = parent.config.without_tcp() if parent.service is None else \
+            replace(parent.config, service=parent.service)
+        child = Agent(config)
         child.start(wait=False)
         _agent = child
     except Exception:  # a fork must never fail because of us

@@ -19,7 +19,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from prodbug import protocol, registry
 from prodbug._version import __version__
 from prodbug.agent import postmortem
 from prodbug.agent.audit import AuditLog, mask_literals
+from prodbug.agent.context import Handler, RequestContext, Route
 from prodbug.agent.dap import DEBUGPY, untraced
 from prodbug.agent.desk import SessionDesk
 from prodbug.agent.door import HANDSHAKE_IVL_MS, RECEIVE_HWM, DenialLimiter, Door
@@ -37,10 +37,12 @@ from prodbug.agent.faults import FaultDumps
 from prodbug.agent.forkfds import release_inherited_port
 from prodbug.agent.info import collect_info
 from prodbug.agent.keyring import KeyRing
+from prodbug.agent.members import DoorWatch, find_door, service_entries
+from prodbug.agent.relay import Relay
 from prodbug.agent.sessions import SessionError
 from prodbug.agent.stacks import StateHistory, collect_stacks
 from prodbug.config import AgentConfig, parse_listen
-from prodbug.errors import ConfigError, ProdbugError, ProtocolError
+from prodbug.errors import ConfigError, ProdbugError, ProtocolError, RequestError
 from prodbug.keys import AuthorizedKey, fingerprint, load_secret_certificate
 
 __all__ = ["THREAD_NAME", "Agent"]
@@ -50,9 +52,11 @@ _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _ZAP_DOMAIN = b"prodbug"
 #: Pending messages per peer: with MAXMSGSIZE this bounds what a peer can make us hold.
 _RCVHWM = 16
+#: How long a process whose port is taken waits for the service's door to show up in the
+#: registry (processes started together) before it reports the port as taken.
+_DOOR_WAIT = 2.0
 _log = logging.getLogger("prodbug.agent")
 
-Handler = Callable[[dict[str, Any], AuthorizedKey], dict[str, Any]]
 #: Not worth a record each: a heartbeat a second, and DAP bytes in transit (a session's
 #: opening and end are recorded; so is every line typed into pdb).
 _UNAUDITED = frozenset({"session.ping", "dap.send"})
@@ -80,23 +84,52 @@ class Agent:
         self._faults: FaultDumps | None = None
         self._desk: SessionDesk | None = None
         self._registry_entry: dict[str, Any] = {}
-        self._typed: str | None = None
         self._door: Door | None = None  # the TCP endpoint's guard (door.py)
+        #: The service this process belongs to (see members.py), and its part in it:
+        #: "door" (holds the TCP port), "member" (reached through the door) or "local".
+        self.service = config.service_name()
+        self.role = "local"
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._ipc: zmq.Socket[bytes] | None = None
+        self._zap: zmq.Socket[bytes] | None = None
+        self._tcp: zmq.Socket[bytes] | None = None
+        self._sockets: list[zmq.Socket[bytes]] = []
+        self._relay: Relay | None = None
+        self._watch: DoorWatch | None = None  # a member's eye on the door's process
+        self._door_endpoint: str | None = None  # the port a member would take over
+        self._takeover_at: float | None = None
+        self._takeover_tries = 0
+        self._relay_checked = 0.0
+        self._stopping = False
         #: Refused handshakes recorded: a budget per window, the rest counted (see facts).
         self._denials = DenialLimiter(budget=100, window=10.0)
         self._denied_unrecorded = 0
         self._handlers: dict[str, Handler] = {
-            "ping": lambda args, key: {"pong": True, "pid": self.pid},
-            "info": lambda args, key: collect_info(self.facts()),
+            "ping": lambda ctx: {"pong": True, "pid": self.pid},
+            "info": lambda ctx: collect_info(self.facts()),
             "stacks": self._stacks,
-            "audit": lambda args, key: {"records": list(self._audit.recent)},
+            "audit": lambda ctx: {"records": list(self._audit.recent)},
+            "ps": self._ps,
         }
 
-    def _stacks(self, args: dict[str, Any], key: AuthorizedKey) -> dict[str, Any]:
+    def _stacks(self, ctx: RequestContext) -> dict[str, Any]:
         hang = self._faults.latest_hang() if self._faults is not None else None
-        return collect_stacks(args, self.ident, history=self._history,
-                              may_unredact=protocol.role_allows(key.role, "audit"),
-                              hang_dump=hang)
+        result = collect_stacks(ctx.args, self.ident, history=self._history,
+                                may_unredact=protocol.role_allows(ctx.key.role, "audit"),
+                                hang_dump=hang)
+        return {**result, "role": self.role, "service": self.service}
+
+    def _ps(self, ctx: RequestContext) -> dict[str, Any]:
+        """The service's processes (or this one alone, when it is in no service)."""
+        entries = list(service_entries(self._runtime_dir(), self.service))
+        if not any(entry.get("pid") == self.pid for entry in entries):
+            entries.append(self._entry())
+        entries.sort(key=lambda e: (e.get("role") != "door", e.get("pid", 0)))
+        return {"service": self.service, "agents": [registry.describe_entry(e) for e in entries]}
+
+    def handler_names(self) -> set[str]:
+        """Every command this agent serves (a test checks them against the protocol)."""
+        return set(self._handlers)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -126,6 +159,9 @@ class Agent:
             "tcp_connections": self._door.connections if self._door is not None else None,
             "door_shut_count": self._door.shut_count if self._door is not None else None,
             "outbound_queued": self._desk.outbox.total if self._desk is not None else 0,
+            "service": self.service,
+            "role": self.role,
+            "relayed_pending": self._relay.pending if self._relay is not None else 0,
             **faults,
         }
 
@@ -147,6 +183,7 @@ class Agent:
                                  on_debugpy_ready=self._write_registry,
                                  runtime_dir=self._runtime_dir)
         self._handlers.update(self._desk.handlers())
+        self._desk.on_sessions_changed = self._write_registry
         self._waited = wait
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         untraced(self._thread)
@@ -198,19 +235,17 @@ class Agent:
     # -- the thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        ctx: zmq.Context[zmq.Socket[bytes]] | None = None
-        sockets: list[zmq.Socket[bytes]] = []
         runtime_dir = self._runtime_dir()
         try:
-            ctx = zmq.Context(io_threads=1)
-            ctx.setsockopt(zmq.LINGER, 0)
-            self._bind(ctx, sockets, runtime_dir)
+            self._ctx = zmq.Context(io_threads=1)
+            self._ctx.setsockopt(zmq.LINGER, 0)
+            self._bind(self._ctx, runtime_dir)
         except BaseException as exc:  # any set-up failure goes back to start(), never up
             self._start_error = _as_config_error(exc, self.config)
             if not self._waited:  # nobody will see the exception: say it here
                 _log.warning("prodbug agent not started: %s", self._start_error)
             self._ready.set()
-            _close(ctx, sockets, self._wake_r, self._wake_w)
+            self._close_all()
             if self._desk is not None:
                 self._desk.close_fds()
             if self._faults is not None:
@@ -219,13 +254,15 @@ class Agent:
                 registry.remove_entry(runtime_dir, self.pid)
             return
         self._ready.set()
-        _log.info("agent %s serving on %s", __version__,
-                  ", ".join(e for e in (self.ipc_endpoint, self.tcp_endpoint) if e))
+        _log.info("agent %s serving on %s%s", __version__,
+                  ", ".join(e for e in (self.ipc_endpoint, self.tcp_endpoint) if e),
+                  f" ({self.role} of service {self.service})" if self.service else "")
         try:
-            self._loop(sockets)
+            self._loop()
         except BaseException:  # the host must never see the agent's failure
             _log.exception("agent loop failed; the agent stops, the host goes on")
         finally:
+            self._stopping = True  # the entry is removed below, not rewritten
             if self._desk is not None:
                 self._desk.end_all("the agent stopped: the thread goes on")
                 self._desk.pump()
@@ -233,37 +270,43 @@ class Agent:
             registry.remove_entry(runtime_dir, self.pid)
             if self._faults is not None:
                 self._faults.stop()
-            _close(ctx, sockets, self._wake_r, self._wake_w)
+            self._close_all()
             if self._desk is not None:
                 self._desk.close_fds()
             _log.info("agent stopped")
 
-    def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], sockets: list[zmq.Socket[bytes]],
-              runtime_dir: Path) -> None:
+    def _close_all(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
+        if self._watch is not None:
+            self._watch.close()
+        _close(self._ctx, self._sockets, self._wake_r, self._wake_w)
+
+    def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], runtime_dir: Path) -> None:
         registry.ensure_runtime_dir(runtime_dir)
         path = registry.socket_path(runtime_dir, self.pid)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a stale socket of an earlier process that had our pid
-        ipc = ctx.socket(zmq.ROUTER)
-        sockets.append(ipc)
-        self._limit(ipc)
-        ipc.bind(f"ipc://{path}")
+        self._ipc = ctx.socket(zmq.ROUTER)
+        self._sockets.append(self._ipc)
+        self._limit(self._ipc)
+        self._ipc.bind(f"ipc://{path}")
         self.ipc_endpoint = f"ipc://{path}"
+        if self._desk is not None:
+            self._relay = Relay(ctx, self._desk.send)
         if self.config.listen is not None and self._server_cert is not None:
-            zap = ctx.socket(zmq.REP)
-            sockets.append(zap)
-            zap.bind(_ZAP_ENDPOINT)
-            tcp = ctx.socket(zmq.ROUTER)
-            sockets.append(tcp)
-            self._limit(tcp)
-            tcp.curve_server = True
-            tcp.curve_publickey, tcp.curve_secretkey = self._server_cert
-            tcp.zap_domain = _ZAP_DOMAIN
-            host, port, _ = parse_listen(self.config.listen)
-            tcp.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
-            self._door = Door(tcp, f"tcp://{host}:{port or '*'}")
-            sockets.append(self._door.monitor)  # polled, and closed, with the others
-            self.tcp_endpoint = self._door.bind()
+            door = find_door(runtime_dir, self.service, exclude=self.pid)
+            if door is None:
+                try:
+                    self._open_tcp(self._listen_address())
+                except zmq.ZMQError as exc:
+                    if exc.errno != errno.EADDRINUSE or self.service is None:
+                        raise
+                    door = self._await_door(runtime_dir)  # started together: give it a moment
+                    if door is None:
+                        raise
+            if door is not None:
+                self._become_member(door)
         self._faults = FaultDumps(runtime_dir, self.pid, self.config.hang_dump,
                                   self.config.dump_signal)
         self._faults.start()
@@ -271,16 +314,108 @@ class Agent:
         self._registry_entry = {
             **self._faults.facts(),
             "pid": self.pid,
+            "ppid": os.getppid(),
             "argv": sys.argv,
             "endpoint": self.ipc_endpoint,
-            "tcp_endpoint": self.tcp_endpoint,
             "started_at": self.started_at,
             "version": __version__,
+            "service": self.service,
         }
         self._write_registry()
 
+    def _listen_address(self) -> str:
+        host, port, _ = parse_listen(self.config.listen or "")
+        return f"tcp://{host}:{port or '*'}"
+
+    def _open_tcp(self, address: str) -> None:
+        """Bind the CURVE port (the door's); on failure nothing of it is left open."""
+        ctx = self._ctx
+        if ctx is None or self._server_cert is None:
+            raise ConfigError("the agent has no TCP settings")
+        made: list[zmq.Socket[bytes]] = []
+        try:
+            if self._zap is None:
+                zap = ctx.socket(zmq.REP)
+                made.append(zap)
+                zap.bind(_ZAP_ENDPOINT)
+            tcp = ctx.socket(zmq.ROUTER)
+            made.append(tcp)
+            self._limit(tcp)
+            tcp.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full pipe says EAGAIN: outbox.py
+            tcp.curve_server = True
+            tcp.curve_publickey, tcp.curve_secretkey = self._server_cert
+            tcp.zap_domain = _ZAP_DOMAIN
+            tcp.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+            door = Door(tcp, address)
+            made.append(door.monitor)
+            endpoint = door.bind()
+        except BaseException:
+            for sock in made:
+                with contextlib.suppress(Exception):
+                    sock.close(linger=0)
+            raise
+        if self._zap is None:
+            self._zap = made[0]
+        self._tcp, self._door, self.tcp_endpoint = tcp, door, endpoint
+        self._sockets.extend(sock for sock in made if sock not in self._sockets)
+        self.role = "door" if self.service is not None else "local"
+        self._door_endpoint = None
+
+    def _await_door(self, runtime_dir: Path) -> dict[str, Any] | None:
+        deadline = time.monotonic() + _DOOR_WAIT
+        while True:
+            door = find_door(runtime_dir, self.service, exclude=self.pid)
+            if door is not None or time.monotonic() >= deadline:
+                return door
+            time.sleep(0.05)
+
+    def _become_member(self, door: dict[str, Any]) -> None:
+        if self._watch is not None:
+            self._watch.close()
+        self._watch = DoorWatch(int(door["pid"]))
+        self._door_endpoint = str(door.get("tcp_endpoint") or "") or None
+        self.role = "member"
+
+    def _take_over(self) -> None:
+        """The door has exited: hold the service's port, or follow whoever got it first."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._takeover_at = None
+        runtime_dir = self._runtime_dir()
+        old = self._door_endpoint
+        try:
+            self._open_tcp(old or self._listen_address())
+        except zmq.ZMQError as exc:
+            door = find_door(runtime_dir, self.service, exclude=self.pid)
+            if door is not None:
+                self._become_member(door)
+                self._write_registry()
+                return
+            self._door_endpoint = old
+            self._takeover_tries += 1
+            self._takeover_at = time.monotonic() + min(0.25 * 2 ** self._takeover_tries, 8.0)
+            if self._takeover_tries == 3:  # once, and not for a race another member won
+                _log.warning("cannot take over the port %s of service %s yet: %s; retrying",
+                             old, self.service, exc)
+            return
+        self._takeover_tries = 0
+        _log.info("took over %s for service %s: the door before exited", self.tcp_endpoint,
+                  self.service)
+        self._write_registry()
+
+    def _entry(self) -> dict[str, Any]:
+        sessions = 1 if self._desk is not None and self._desk.session is not None else 0
+        return {**self._registry_entry, **DEBUGPY.facts(), "role": self.role,
+                "tcp_endpoint": self.tcp_endpoint, "sessions": sessions}
+
     def _write_registry(self) -> None:
-        registry.write_entry(self._runtime_dir(), {**self._registry_entry, **DEBUGPY.facts()})
+        if not self._registry_entry or self._stopping:
+            return
+        try:
+            registry.write_entry(self._runtime_dir(), self._entry())
+        except OSError as exc:  # the directory went away: ps shows less, nothing worse
+            _log.debug("cannot update the registry entry: %s", exc)
 
     def _limit(self, sock: zmq.Socket[bytes]) -> None:
         sock.setsockopt(zmq.LINGER, 0)
@@ -288,31 +423,36 @@ class Agent:
         sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)  # x MAX_CONNECTIONS: bounded (door.py)
         sock.setsockopt(zmq.SNDHWM, _RCVHWM)
 
-    def _sync_adapter_fds(self, poller: zmq.Poller, registered: set[int]) -> set[int]:
-        """Poll exactly the open debugpy adapter connections."""
-        wanted = self._desk.adapter_fds() if self._desk is not None else set()
-        for fd in registered - wanted:
+    def _sync_poller(self, poller: zmq.Poller, registered: set[Any]) -> set[Any]:
+        """Poll exactly what is open now: sockets (the TCP ones come and go with the
+        door), relay links, pydevd's connection, the door watch."""
+        desk = self._desk
+        wanted: set[Any] = {*self._sockets, self._wake_r}
+        if desk is not None:
+            wanted.add(desk.notify_r)
+            wanted |= desk.adapter_fds()
+        if self._relay is not None:
+            wanted.update(self._relay.sockets())
+        if self._watch is not None and self._watch.fd is not None:
+            wanted.add(self._watch.fd)
+        for item in registered - wanted:
             with contextlib.suppress(KeyError):
-                poller.unregister(fd)
-        for fd in wanted - registered:
-            poller.register(fd, zmq.POLLIN)
+                poller.unregister(item)
+        for item in wanted - registered:
+            poller.register(item, zmq.POLLIN)
         return wanted
 
-    def _loop(self, sockets: list[zmq.Socket[bytes]]) -> None:
+    def _loop(self) -> None:
         desk = self._desk
         if desk is None:
             return
+        if self._ipc is not None:
+            self._ipc.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full pipe says EAGAIN
         poller = zmq.Poller()
-        for sock in sockets:
-            poller.register(sock, zmq.POLLIN)
-            if sock.socket_type == zmq.ROUTER:  # a full pipe says EAGAIN: see outbox.py
-                sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        poller.register(self._wake_r, zmq.POLLIN)
-        poller.register(desk.notify_r, zmq.POLLIN)
+        registered: set[Any] = set()
         faults = self._faults
-        adapter_fds: set[int] = set()
         while True:
-            adapter_fds = self._sync_adapter_fds(poller, adapter_fds)
+            registered = self._sync_poller(poller, registered)
             try:
                 events = dict(poller.poll(self._poll_timeout(desk)))
             except zmq.ZMQError as exc:
@@ -325,14 +465,16 @@ class Agent:
                 return
             if self._door is not None:  # takes the monitor's events out of ``events``
                 self._door.after_poll(events)
+            self._watch_door(events)
             if desk.notify_r in events:
                 desk.drain_notify()
-            for fd in adapter_fds & events.keys():
+            for fd in desk.adapter_fds() & events.keys():
                 try:
                     desk.relay_adapter(fd)
                 except Exception:
                     _log.exception("relaying debugpy's output failed; serving on")
-            self._serve_ready(sockets, events)
+            self._relay_ready(events)
+            self._serve_ready(events)
             try:
                 desk.pump()
                 desk.outbox.flush()
@@ -340,6 +482,35 @@ class Agent:
                 raise
             except Exception:
                 _log.exception("session upkeep failed; serving on")
+
+    def _watch_door(self, events: dict[Any, int]) -> None:
+        try:
+            gone = self._watch is not None and self._watch.door_gone(events)
+            due = self._takeover_at is not None and time.monotonic() >= self._takeover_at
+            if gone or due:
+                self._take_over()
+        except zmq.ContextTerminated:
+            raise
+        except Exception:
+            _log.exception("taking over the service's port failed; serving on")
+            self._takeover_at = time.monotonic() + 8.0
+
+    def _relay_ready(self, events: dict[Any, int]) -> None:
+        relay = self._relay
+        if relay is None:
+            return
+        try:
+            for sock in relay.sockets():
+                if sock in events:
+                    relay.on_readable(sock)
+            now = time.monotonic()
+            if now - self._relay_checked >= 1.0:
+                self._relay_checked = now
+                relay.check()
+        except zmq.ContextTerminated:
+            raise
+        except Exception:
+            _log.exception("relaying for the service's processes failed; serving on")
 
     def _poll_timeout(self, desk: SessionDesk) -> int | None:
         """No timeout unless something needs a later look: idle means asleep."""
@@ -351,19 +522,24 @@ class Agent:
             timeout = min(timeout or retry, retry)
         if self._door is not None:  # while the TCP door is shut, wake to reopen it
             timeout = self._door.poll_timeout(timeout)
+        if self._relay is not None:
+            timeout = self._relay.poll_timeout(timeout)
+        if self._watch is not None:
+            timeout = self._watch.poll_timeout(timeout)
+        if self._takeover_at is not None:
+            wait = max(0, int((self._takeover_at - time.monotonic()) * 1000) + 1)
+            timeout = wait if timeout is None else min(timeout, wait)
         return timeout
 
-    def _serve_ready(self, sockets: list[zmq.Socket[bytes]], events: dict[Any, int]) -> None:
-        ipc = sockets[0]
-        zap = sockets[1] if len(sockets) > 1 else None
-        for sock in sockets:
-            if sock not in events:
+    def _serve_ready(self, events: dict[Any, int]) -> None:
+        for sock in (self._ipc, self._zap, self._tcp):
+            if sock is None or sock not in events:
                 continue
             try:
-                if sock is zap:
+                if sock is self._zap:
                     self._handle_zap(sock)
                 else:
-                    self._serve(sock, local=sock is ipc)
+                    self._serve(sock, local=sock is self._ipc)
             except zmq.ContextTerminated:
                 raise
             except Exception:  # one bad message must not end the agent
@@ -426,19 +602,17 @@ class Agent:
                 self._record_denial(key=fingerprint(public), reason="key revoked")
             return
         started = time.perf_counter()
-        if self._desk is not None:
-            self._desk.route = (sock, ident)
-        reply, cmd = self._dispatch([f.bytes for f in frames[1:]], key)
-        if self._desk is not None:
-            self._desk.route = None
-            self._desk.send((sock, ident), protocol.encode_reply(reply))
-        if cmd in _UNAUDITED and reply.ok:
+        route = (sock, ident)
+        reply, cmd, key, extra = self._dispatch([f.bytes for f in frames[1:]], key, route,
+                                                local=local)
+        if reply is not None and self._desk is not None:
+            self._desk.send(route, protocol.encode_reply(reply))
+        if cmd in _UNAUDITED and (reply is None or reply.ok):
             return
-        extra = {}
-        if cmd == "session.input" and self._typed is not None:
-            # What the operator ran in pdb, with string literals masked: a password typed
-            # into a pdb expression must not end up in a log file.
-            extra["line"] = mask_literals(self._typed)[:200]
+        if reply is None:
+            outcome = "relayed"
+        else:
+            outcome = "ok" if reply.ok else (reply.error.code if reply.error else "error")
         self._audit.record(
             "request",
             key=key.name,
@@ -446,7 +620,7 @@ class Agent:
             role=key.role,
             pid=self.pid,
             cmd=cmd,
-            outcome="ok" if reply.ok else (reply.error.code if reply.error else "error"),
+            outcome=outcome,
             duration_ms=f"{(time.perf_counter() - started) * 1000:.2f}",
             **extra,
         )
@@ -466,43 +640,100 @@ class Agent:
             return None, None
         return self._keyring.current(public, time.monotonic()), public
 
-    def _dispatch(self, body: list[bytes], key: AuthorizedKey) -> tuple[protocol.Reply, str]:
+    def _dispatch(self, body: list[bytes], key: AuthorizedKey, route: Route, *,
+                  local: bool) -> tuple[protocol.Reply | None, str, AuthorizedKey,
+                                        dict[str, Any]]:
+        """Serve one request: (its reply, or None when relayed to another process; the
+        command; the key it ran as; extra audit fields)."""
+        extra: dict[str, Any] = {}
         if len(body) != 1:
             return protocol.error_reply(
-                "", "bad_request", f"a request is exactly one frame, got {len(body)}"), "-"
+                "", "bad_request", f"a request is exactly one frame, got {len(body)}"), "-", \
+                key, extra
         try:
             request = protocol.decode_request(body[0])
         except ProtocolError as exc:
-            return protocol.error_reply(exc.request_id, exc.code, str(exc)), "-"
-        cmd = request.cmd
-        data = request.args.get("data")
-        self._typed = data if cmd == "session.input" and isinstance(data, str) else None
-        handler = self._handlers.get(cmd)
-        if handler is None or cmd not in protocol.COMMANDS:
-            return protocol.error_reply(
-                request.id, "unknown_command",
-                f'unknown command "{cmd[:64]}"; this agent knows: '
-                f"{', '.join(sorted(self._handlers))}"), cmd[:64]
-        if not protocol.role_allows(key.role, cmd):
+            return protocol.error_reply(exc.request_id, exc.code, str(exc)), "-", key, extra
+        cmd = request.cmd[:64]
+        if request.via is not None:
+            if not local:
+                return protocol.error_reply(
+                    request.id, "bad_request", '"via" is set only by the service\'s door, '
+                    "over its local socket"), cmd, key, extra
+            # Relayed by the door: the same uid (the ipc socket's directory is 0700), so it
+            # may say whose request this is; the operator's key, never more than local.
+            via = request.via
+            key = AuthorizedKey(via["key"], via["name"], via["role"])
+            extra["via"] = via["door"]
+        if cmd == "session.input" and isinstance(request.args.get("data"), str):
+            # What the operator ran in pdb, with string literals masked: a password typed
+            # into a pdb expression must not end up in a log file.
+            extra["line"] = mask_literals(request.args["data"])[:200]
+        if not protocol.role_allows(key.role, cmd) and cmd in protocol.COMMANDS:
             needed = protocol.COMMANDS[cmd]
             return protocol.error_reply(
                 request.id, "forbidden",
                 f'"{cmd}" needs the {needed} role; key "{key.name}" is {key.role}',
-                needed_role=needed), cmd
+                needed_role=needed), cmd, key, extra
+        if request.pid is not None and request.pid != self.pid:
+            extra["relayed_to"] = request.pid
+            return self._relay_request(request, key, route), cmd, key, extra
+        handler = self._handlers.get(cmd)
+        if handler is None or cmd not in protocol.COMMANDS:
+            return protocol.error_reply(
+                request.id, "unknown_command",
+                f'unknown command "{cmd}"; this agent knows: '
+                f"{', '.join(sorted(self._handlers))}"), cmd, key, extra
+        ctx = RequestContext(request.id, cmd, request.args, key, route,
+                             via=request.via["door"] if request.via else None)
         try:
-            result = handler(request.args, key)
-        except PermissionError as exc:
-            return protocol.error_reply(request.id, "forbidden", f"{cmd}: {exc}",
-                                        needed_role="debugger"), cmd
+            result = handler(ctx)
         except SessionError as exc:
-            return protocol.error_reply(request.id, exc.code, str(exc)), cmd
-        except (ValueError, TypeError) as exc:
-            return protocol.error_reply(request.id, "bad_request", f"{cmd}: {exc}"), cmd
+            return protocol.error_reply(request.id, exc.code, str(exc), **exc.details), cmd, \
+                key, {**extra, **ctx.audit}
+        except RequestError as exc:
+            return protocol.error_reply(request.id, exc.code, f"{cmd}: {exc}",
+                                        **exc.details), cmd, key, {**extra, **ctx.audit}
         except Exception as exc:  # the boundary: a handler bug becomes an error reply
             _log.warning("command %s failed", cmd, exc_info=True)
             return protocol.error_reply(
-                request.id, "internal_error", f"{cmd} failed in the agent: {exc!r}"), cmd
-        return protocol.Reply(id=request.id, result=result), cmd
+                request.id, "internal_error", f"{cmd} failed in the agent: {exc!r}"), cmd, \
+                key, {**extra, **ctx.audit}
+        return protocol.Reply(id=request.id, result=result), cmd, key, {**extra, **ctx.audit}
+
+    def _relay_request(self, request: protocol.Request, key: AuthorizedKey,
+                       route: Route) -> protocol.Reply | None:
+        """Pass ``request`` to the member it names; None when sent (its reply follows)."""
+        pid = request.pid or 0
+        if request.via is not None:  # relayed once already: no second hop, no loops
+            return protocol.error_reply(request.id, "no_member",
+                                        f"process {pid} is not this one ({self.pid})")
+        relay = self._relay
+        if self.service is None or relay is None:
+            return protocol.error_reply(
+                request.id, "no_member",
+                f"process {self.pid} is in no service, so it reaches no other process; "
+                f"set PRODBUG_SERVICE (or a fixed port in PRODBUG_LISTEN) in every process "
+                f"of the service")
+        endpoint = relay.endpoint(route, pid)
+        if endpoint is None:
+            entries = list(service_entries(self._runtime_dir(), self.service))
+            entry = next((e for e in entries if e.get("pid") == pid), None)
+            if entry is None:
+                pids = ", ".join(str(e.get("pid")) for e in entries) or str(self.pid)
+                return protocol.error_reply(
+                    request.id, "no_member",
+                    f"process {pid} is not a live member of service {self.service!r} "
+                    f"(members: {pids}; prodbug ps TARGET lists them)")
+            endpoint = str(entry["endpoint"])
+        relayed = protocol.Request(
+            id=request.id, cmd=request.cmd, args=request.args, version=request.version,
+            pid=pid, via={"key": key.public_key, "name": key.name, "role": key.role,
+                          "door": self.pid})
+        why = relay.forward(route, relayed, endpoint)
+        if why is not None:
+            return protocol.error_reply(request.id, "busy", why)
+        return None
 
 
 def _as_config_error(exc: BaseException, config: AgentConfig) -> BaseException:

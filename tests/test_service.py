@@ -1,0 +1,237 @@
+"""One port for a whole service: the door relays to its members, and a member takes the port
+over when the door dies. Real processes, the real CLI, CURVE over TCP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pexpect
+import pytest
+from conftest import Keys, Target, run_cli, wait_for
+
+from prodbug.client import Client, Credentials
+from prodbug.errors import ProdbugError
+from prodbug.keys import load_certificate, write_certificate_pair
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    """Processes of one service (tests/targets/member.py) behind one fixed port."""
+
+    def __init__(self, spawn: Callable[..., Target], env: dict[str, str],
+                 client_env: Callable[[Path], dict[str, str]], port: int) -> None:
+        self.spawn, self.env, self.client_env, self.port = spawn, env, client_env, port
+        self.processes: list[Target] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, n: int = 1) -> list[Target]:
+        started = [self.spawn("member", env=self.env) for _ in range(n)]
+        self.processes += started
+        return started
+
+    def cli(self, *args: str, key: Path, timeout: float = 60) -> Any:
+        return run_cli(*args, env=self.client_env(key), timeout=timeout)
+
+    def ps(self, key: Path) -> dict[str, Any]:
+        done = self.cli("ps", self.address, "--json", key=key)
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+
+@pytest.fixture
+def make_service(spawn: Callable[..., Target], agent_env: dict[str, str],
+                 base_env: dict[str, str], keys: Keys) -> Callable[..., Service]:
+    def make(server_public: Path = keys.server_public, server_secret: Path = keys.server_secret,
+             authorized: Path = keys.authorized) -> Service:
+        port = _free_port()
+        env = {**agent_env, "PRODBUG_LISTEN": f"tcp://127.0.0.1:{port}",
+               "PRODBUG_SERVER_SECRET_KEY": str(server_secret),
+               "PRODBUG_AUTHORIZED_KEYS": str(authorized)}
+
+        def client_env(key: Path) -> dict[str, str]:
+            return {**base_env, "PRODBUG_CLIENT_SECRET_KEY": str(key),
+                    "PRODBUG_SERVER_KEY": str(server_public)}
+
+        return Service(spawn, env, client_env, port)
+
+    return make
+
+
+@pytest.fixture
+def three(make_service: Callable[..., Service]) -> Service:
+    """A door and two members, started one after another (as spawned workers are)."""
+    service = make_service()
+    service.start(3)
+    return service
+
+
+def test_one_port_reaches_every_process(three: Service, keys: Keys) -> None:
+    door, first, second = three.processes
+    assert [p.facts["role"] for p in three.processes] == ["door", "member", "member"]
+    assert {p.facts["service"] for p in three.processes} == {three.address}
+
+    listed = three.ps(keys.observer)
+    assert listed["service"] == three.address
+    assert [(a["pid"], a["role"]) for a in listed["agents"]] == [
+        (door.pid, "door"), (first.pid, "member"), (second.pid, "member")]
+    assert all(a["threads"] and a["rss_bytes"] for a in listed["agents"])
+
+    one = three.cli("stacks", three.address, "--pid", str(second.pid), "--json",
+                    "--cpu-interval", "0", key=keys.observer)
+    assert one.returncode == 0, one.stderr
+    (process,) = json.loads(one.stdout)["processes"]
+    assert process["pid"] == second.pid and process["role"] == "member"
+    assert any(f["function"] == "idle_here" for t in process["threads"] for f in t["frames"])
+
+    every = three.cli("stacks", three.address, "--all", "--json", "--cpu-interval", "0",
+                      key=keys.observer)
+    assert every.returncode == 0, every.stderr
+    merged = json.loads(every.stdout)
+    assert [p["pid"] for p in merged["processes"]] == [door.pid, first.pid, second.pid]
+    assert merged["missing"] == []
+    text = three.cli("stacks", three.address, "--all", "--cpu-interval", "0",
+                     key=keys.observer, timeout=60)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.count("idle_here") == 1  # one stack, shown once for the three
+    assert all(str(p.pid) in text.stdout for p in three.processes)
+
+    # The member audits the request under the operator's key, naming the door.
+    audit = three.cli("audit", three.address, "--pid", str(second.pid), "--json",
+                      key=keys.debugger)
+    assert audit.returncode == 0, audit.stderr
+    served = [r for r in json.loads(audit.stdout)["records"] if r.get("cmd") == "stacks"]
+    assert served and served[0]["key"] == "alice" and served[0]["role"] == "observer"
+    assert served[0]["pid"] == second.pid and served[0]["via"] == door.pid
+
+
+def test_the_role_is_the_operators_on_every_member(three: Service, keys: Keys) -> None:
+    member = three.processes[1]
+    refused = three.cli("pdb", three.address, "--pid", str(member.pid), "--thread", "idle",
+                        key=keys.observer)
+    assert refused.returncode == 4, refused.stderr
+    assert "needs the debugger role" in refused.stderr
+    # "via" is the door's to set: a client that sends it over TCP is refused.
+    credentials = Credentials(load_certificate(keys.observer),
+                              load_certificate(keys.server_public).public_key)
+    from prodbug import protocol
+
+    with Client(f"tcp://{three.address}", credentials) as client:
+        client.send_raw(protocol.encode_request(protocol.Request(
+            "forged", "pdb.open", {"mode": "thread", "thread": "idle"}, pid=member.pid,
+            via={"key": "x", "name": "bob", "role": "debugger", "door": 1})))
+        reply = protocol.decode_reply(client.receive_raw(10) or b"")
+    assert reply.error is not None and reply.error.code == "bad_request"
+    assert "via" in reply.error.message
+
+
+def test_pdb_on_a_member_through_the_door(three: Service, keys: Keys,
+                                          cli: Callable[..., pexpect.spawn]) -> None:
+    member = three.processes[2]
+    child = cli("pdb", three.address, "--pid", str(member.pid), "--thread", "ticker",
+                env=three.client_env(keys.debugger))
+    child.expect("stopped thread 'ticker'")
+    child.expect(r"\(Pdb\) ")
+    child.sendline("p __import__('os').getpid()")
+    child.expect(rf"\r\n{member.pid}\r\n")
+    child.sendline("c")
+    child.expect("session ended")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.mark.parametrize("which", ["stranger", "dead", "door"])
+def test_pid_that_is_not_a_member(three: Service, keys: Keys, which: str) -> None:
+    door, member, _ = three.processes
+    if which == "stranger":
+        pid = os.getpid()  # alive, ours, but no member of the service
+    elif which == "dead":
+        pid = member.pid
+        member.proc.kill()
+        member.proc.wait(10)
+    else:
+        pid = door.pid
+    done = three.cli("stacks", three.address, "--pid", str(pid), "--json", "--cpu-interval",
+                     "0", key=keys.observer)
+    if which == "door":  # the door serves itself
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["processes"][0]["pid"] == door.pid
+        return
+    assert done.returncode == 1
+    assert f"process {pid} is not a live member" in done.stderr
+    assert str(door.pid) in done.stderr  # the members are named
+
+
+def test_a_hung_member_is_named_not_awaited(three: Service, keys: Keys) -> None:
+    door, hung, other = three.processes
+    os.kill(hung.pid, signal.SIGSTOP)
+    try:
+        done = three.cli("stacks", three.address, "--all", "--json", "--cpu-interval", "0",
+                         "--timeout", "3", key=keys.observer)
+    finally:
+        os.kill(hung.pid, signal.SIGCONT)
+    assert done.returncode == 0, done.stderr
+    merged = json.loads(done.stdout)
+    assert [p["pid"] for p in merged["processes"]] == [door.pid, other.pid]
+    assert merged["missing"] == [{"pid": hung.pid, "reason": "no reply within 3s"}]
+
+
+def test_door_killed_a_member_takes_the_port_over(three: Service, keys: Keys) -> None:
+    door, first, second = three.processes
+    credentials = Credentials(load_certificate(keys.observer),
+                              load_certificate(keys.server_public).public_key)
+
+    def answered_by() -> int | None:
+        try:
+            with Client(f"tcp://{three.address}", credentials, timeout=2) as client:
+                return int(client.request("ping")["pid"])
+        except ProdbugError:
+            return None
+
+    os.kill(door.pid, signal.SIGKILL)
+    door.proc.wait(10)
+    assert wait_for(lambda: answered_by() in (first.pid, second.pid))
+    new = answered_by()
+    listed = three.ps(keys.observer)
+    assert sorted((a["pid"], a["role"]) for a in listed["agents"]) == sorted(
+        [(new, "door"), *((p.pid, "member") for p in (first, second) if p.pid != new)])
+    # The one left follows the new door: a second death moves the port again.
+    os.kill(new or 0, signal.SIGKILL)
+    last = next(p for p in (first, second) if p.pid != new)
+    assert wait_for(lambda: answered_by() == last.pid)
+
+
+def test_two_services_on_one_host_stay_apart(make_service: Callable[..., Service],
+                                             keys: Keys, tmp_path: Path) -> None:
+    other_public, other_secret = write_certificate_pair(tmp_path / "b", "server-b")
+    authorized = tmp_path / "b-authorized"
+    authorized.mkdir()
+    public_b, secret_b = write_certificate_pair(tmp_path / "b-clients", "carol", "debugger")
+    shutil.copy(public_b, authorized / public_b.name)
+    a = make_service()
+    b = make_service(other_public, other_secret, authorized)
+    (a_door, a_member) = a.start(2)
+    (b_door, b_member) = b.start(2)
+    assert a_member.facts["role"] == b_member.facts["role"] == "member"
+    # B's door does not reach A's member, and A's key does not open B's door.
+    done = b.cli("stacks", b.address, "--pid", str(a_member.pid), "--json", key=secret_b)
+    assert done.returncode == 1 and "not a live member" in done.stderr
+    assert [x["pid"] for x in b.ps(secret_b)["agents"]] == [b_door.pid, b_member.pid]
+    refused = b.cli("ps", b.address, "--timeout", "3", key=keys.observer)
+    assert refused.returncode in (3, 4), refused.stderr
+
