@@ -133,3 +133,14 @@ def test_runtime_dir_open_to_others_is_refused_not_changed(tmp_path: Path) -> No
 def test_override_of_the_wrong_type(setting: str, value: object, runtime_dir: Path) -> None:
     with pytest.raises(ConfigError, match=setting):
         start_agent(runtime_dir=runtime_dir, **{setting: value})
+
+
+def test_every_protocol_command_has_a_handler_and_no_more(agent_env: dict[str, str]) -> None:
+    result = _python(
+        "import json, prodbug\n"
+        "from prodbug import protocol\n"
+        "a = prodbug.start_agent()\n"
+        "print(json.dumps([sorted(a.handler_names()), sorted(protocol.COMMANDS)]))\n",
+        agent_env)
+    handlers, commands = json.loads(result.stdout)
+    assert handlers == commands

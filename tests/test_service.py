@@ -14,11 +14,17 @@ from typing import Any
 
 import pexpect
 import pytest
-from conftest import Keys, Target, run_cli, wait_for
+from conftest import TARGETS, Keys, Target, run_cli, wait_for
+from dapclient import DapClient
 
 from prodbug.client import Client, Credentials
 from prodbug.errors import ProdbugError
 from prodbug.keys import load_certificate, write_certificate_pair
+
+
+MEMBER = str(TARGETS / "member.py")
+TICK_LINE = next(n for n, text in enumerate((TARGETS / "member.py").read_text().splitlines(), 1)
+                 if text.strip() == "ticks += 1")
 
 
 def _free_port() -> int:
@@ -155,6 +161,27 @@ def test_pdb_on_a_member_through_the_door(three: Service, keys: Keys,
     assert child.exitstatus == 0
 
 
+def test_vscode_on_a_member_through_the_door(three: Service, keys: Keys, vscode: Any) -> None:
+    member = three.processes[1]
+    cli = vscode(three.address, "--pid", str(member.pid), "--port", "0", "--yes",
+                 env=three.client_env(keys.debugger))
+    dap = DapClient(cli.port())
+    dap.attach({MEMBER: [TICK_LINE]})
+    stopped = dap.event("stopped")["body"]
+    frames = dap.request("stackTrace", threadId=stopped["threadId"], startFrame=0,
+                         levels=5)["stackFrames"]
+    assert (frames[0]["name"], frames[0]["line"]) == ("tick", TICK_LINE)
+    assert dap.request("evaluate", expression="__import__('os').getpid()",
+                       frameId=frames[0]["id"], context="repl")["result"] == str(member.pid)
+    dap.set_breakpoints(MEMBER, [])
+    dap.request("continue", threadId=stopped["threadId"])
+    dap.request("disconnect", restart=False, terminateDebuggee=False)
+    dap.close()
+    listed = {a["pid"]: a for a in three.ps(keys.observer)["agents"]}
+    assert listed[member.pid]["debugpy"] == "ready"  # in that member, and only there
+    assert {listed[p.pid]["debugpy"] for p in three.processes if p is not member} == {"off"}
+
+
 @pytest.mark.parametrize("which", ["stranger", "dead", "door"])
 def test_pid_that_is_not_a_member(three: Service, keys: Keys, which: str) -> None:
     door, member, _ = three.processes
@@ -235,3 +262,19 @@ def test_two_services_on_one_host_stay_apart(make_service: Callable[..., Service
     refused = b.cli("ps", b.address, "--timeout", "3", key=keys.observer)
     assert refused.returncode in (3, 4), refused.stderr
 
+
+
+def test_forked_child_of_the_door_is_a_member(spawn: Callable[..., Target],
+                                              make_service: Callable[..., Service],
+                                              keys: Keys) -> None:
+    service = make_service()
+    parent = spawn("forking", env=service.env)
+    child = int(parent.facts["child"])
+    assert wait_for(lambda: [(a["pid"], a["role"]) for a in service.ps(keys.observer)[
+        "agents"]] == [(parent.pid, "door"), (child, "member")])
+    done = service.cli("stacks", service.address, "--pid", str(child), "--json",
+                       "--cpu-interval", "0", key=keys.observer)
+    assert done.returncode == 0, done.stderr
+    (proc,) = json.loads(done.stdout)["processes"]
+    assert proc["pid"] == child
+    assert any(t["name"] == "child-worker" for t in proc["threads"])
