@@ -1,4 +1,5 @@
-"""gunicorn settings that start the prodbug agent.
+"""gunicorn settings that start the prodbug agent, for services that do not use
+``prodbug run`` (which needs no config file: ``prodbug run -- gunicorn app:app``).
 
     PRODBUG_LISTEN=tcp://127.0.0.1:7661 \
     PRODBUG_SERVER_SECRET_KEY=/etc/prodbug/server.key_secret \

@@ -11,6 +11,9 @@
 6. ``prodbug vscode``: time from the command to the DAP ``initialized`` event (the first
    attach starts debugpy; later ones reuse it), and the host's loop speed before, during
    (attached, a breakpoint set on a line that never runs) and after.
+7. One port for a service of 16 processes: ``stacks --all`` (one request per process,
+   relayed in parallel by the door) vs asking each process in turn through the same door;
+   and the time from ``kill -9`` of the door until a member answers on the port.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--sessions", type=int, default=5)
     parser.add_argument("--only", type=lambda text: {int(n) for n in text.split(",")},
-                        default=set(range(1, 7)), metavar="N[,N]",
+                        default=set(range(1, 8)), metavar="N[,N]",
                         help="run only these sections (default: all)")
     opts = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pbbench-", dir="/tmp"))
@@ -135,6 +138,8 @@ def main() -> int:
             pdb_sessions(env, work, opts.sessions)
         if 6 in opts.only:
             vscode_sessions(env, work, opts.sessions)
+        if 7 in opts.only:
+            service_fanout(env, creds, opts.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
@@ -343,6 +348,62 @@ def pdb_sessions(env: dict[str, str], work: Path, sessions: int) -> None:
           f"{statistics.median(armed) / base:.3f} | after the sessions "
           f"{statistics.median(after) / base:.3f}")
 
+
+def service_fanout(env: dict[str, str], creds: Credentials, rounds: int, size: int = 16) -> None:
+    import signal
+    import socket
+
+    from prodbug.fanout import ask_all_through
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**env, "PRODBUG_LISTEN": f"tcp://127.0.0.1:{port}"}
+    member = ROOT / "tests" / "targets" / "member.py"
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(size):
+            proc = subprocess.Popen([sys.executable, str(member)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True, env=env)
+            procs.append(proc)
+            assert proc.stdout is not None
+            if not proc.stdout.readline().startswith("READY "):
+                raise SystemExit("bench: a service member failed to start")
+        args = {"cpu_interval": 0}
+        fan, each = [], []
+        with Client(f"tcp://127.0.0.1:{port}", creds, timeout=30) as client:
+            pids = [a["pid"] for a in client.request("ps")["agents"]]
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                result = ask_all_through(client, "stacks", args, 30)
+                fan.append((time.perf_counter() - t0) * 1000)
+                assert len(result["processes"]) == size, result["missing"]
+                t0 = time.perf_counter()
+                for pid in pids:
+                    rid = client.send_request("stacks", args, pid=pid)
+                    assert client.gather({rid}, 30)[rid].ok
+                each.append((time.perf_counter() - t0) * 1000)
+        print(f"7. stacks over a service of {size} processes, one port, median of {rounds}:")
+        print(f"   --all (parallel through the door): {statistics.median(fan):7.1f} ms")
+        print(f"   each in turn (same door)         : {statistics.median(each):7.1f} ms"
+              f"   ratio {statistics.median(each) / statistics.median(fan):.1f}x")
+        door = procs.pop(0)
+        t0 = time.perf_counter()
+        door.send_signal(signal.SIGKILL)
+        door.wait(10)
+        while True:
+            try:
+                with Client(f"tcp://127.0.0.1:{port}", creds, timeout=1) as client:
+                    client.request("ping")
+                break
+            except Exception:
+                if time.perf_counter() - t0 > 30:
+                    raise SystemExit("bench: no member took the port over in 30 s") from None
+        print(f"   kill -9 of the door -> a member answers on the port: "
+              f"{(time.perf_counter() - t0) * 1000:.0f} ms")
+    finally:
+        for proc in procs:
+            stop(proc)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -501,7 +501,8 @@ def test_runtime_dir_deleted_tcp_still_serves(host: Host, base_env: dict[str, st
         assert client.request("ping")["pid"] == target.pid
         assert client.request("stacks", {"cpu_interval": 0})["threads"]
     ps = run_cli("ps", "--json", env=base_env)
-    assert (ps.returncode, json.loads(ps.stdout), ps.stderr) == (0, {"service": None, "agents": []}, "")
+    assert (ps.returncode, json.loads(ps.stdout), ps.stderr) == (
+        0, {"service": None, "agents": []}, "")
     human = run_cli("ps", env=base_env)
     assert (human.returncode, "Traceback" in human.stderr) == (0, False)
     local = run_cli("info", "--pid", str(target.pid), env=base_env)

@@ -21,7 +21,6 @@ from prodbug.client import Client, Credentials
 from prodbug.errors import ProdbugError
 from prodbug.keys import load_certificate, write_certificate_pair
 
-
 MEMBER = str(TARGETS / "member.py")
 TICK_LINE = next(n for n, text in enumerate((TARGETS / "member.py").read_text().splitlines(), 1)
                  if text.strip() == "ticks += 1")
@@ -252,7 +251,7 @@ def test_two_services_on_one_host_stay_apart(make_service: Callable[..., Service
     shutil.copy(public_b, authorized / public_b.name)
     a = make_service()
     b = make_service(other_public, other_secret, authorized)
-    (a_door, a_member) = a.start(2)
+    (_a_door, a_member) = a.start(2)
     (b_door, b_member) = b.start(2)
     assert a_member.facts["role"] == b_member.facts["role"] == "member"
     # B's door does not reach A's member, and A's key does not open B's door.
