@@ -6,90 +6,21 @@ process tree (psutil): every worker alive has an agent, and tools the service ru
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from conftest import TARGETS, run_cli, wait_for
+from conftest import BIN, TARGETS, Service, children, run_cli, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "agent" / "examples"
-BIN = Path(sys.executable).parent
-
-
-class Service:
-    """``prodbug run ... -- CMD`` in a session of its own; its output pumped."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.output: list[str] = []
-        self.pump = threading.Thread(target=self._pump, daemon=True)
-        self.pump.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def facts(self) -> dict[str, Any]:
-        """The READY line's facts, once printed."""
-        assert wait_for(lambda: any(ln.startswith("READY ") for ln in self.output), 30), \
-            "".join(self.output)
-        line = next(ln for ln in self.output if ln.startswith("READY "))
-        return dict(json.loads(line[len("READY "):]))
-
-    def stop(self) -> None:
-        """End the whole process group (a gunicorn master and its workers), and reap."""
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(10)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers that outlived the leader
-        self.pump.join(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-@pytest.fixture
-def run_service(request: pytest.FixtureRequest) -> Iterator[Callable[..., Service]]:
-    started: list[Service] = []
-
-    def start(*args: str, env: dict[str, str], cwd: Path | None = None) -> Service:
-        proc = subprocess.Popen([sys.executable, "-m", "prodbug", "run", *args],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
-                                start_new_session=True)
-        service = Service(proc)
-        started.append(service)
-        return service
-
-    yield start
-    failed = getattr(request.node, "rep_call", None)
-    for service in started:
-        service.stop()
-        if failed is not None and failed.failed:
-            sys.stderr.write(f"--- output of {service.pid}:\n{''.join(service.output)}")
 
 
 def agents(env: dict[str, str]) -> dict[int, dict[str, Any]]:
@@ -97,12 +28,6 @@ def agents(env: dict[str, str]) -> dict[int, dict[str, Any]]:
     result = run_cli("ps", "--json", env=env)
     assert result.returncode == 0, result.stderr
     return {entry["pid"]: entry for entry in json.loads(result.stdout)["agents"]}
-
-
-def children(pid: int) -> set[int]:
-    with contextlib.suppress(psutil.NoSuchProcess):
-        return {p.pid for p in psutil.Process(pid).children()}
-    return set()
 
 
 @pytest.mark.parametrize("worker_class", ["sync", "gthread"])
