@@ -104,6 +104,20 @@ class _ThreadFacts:
         self.daemon = daemon if type(daemon) is bool else None
 
 
+#: The thread that forked this process, and its id in the kernel now: before 3.13 its
+#: ``threading`` object keeps the parent's native id after fork (a gunicorn worker's main
+#: thread would show the master's id, and no CPU or state).
+_FORKED: dict[int, int] = {}
+
+
+def _note_fork() -> None:
+    _FORKED.clear()
+    _FORKED[threading.get_ident()] = threading.get_native_id()
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
 def _threads() -> dict[int, _ThreadFacts]:
     out = {}
     for thread in threading.enumerate():
@@ -176,8 +190,9 @@ def collect_stacks(args: dict[str, Any], agent_ident: int | None, *,  # noqa: PL
     threads_by_ident = _threads()
     natives: dict[int, int] = {}
     for ident, t in threads_by_ident.items():
-        if t.native_id is not None:
-            natives[ident] = t.native_id
+        native = _FORKED.get(ident, t.native_id)
+        if native is not None:
+            natives[ident] = native
     before = read_task_stats(natives.values()) if interval else {}
     started = time.monotonic()
     if interval:
