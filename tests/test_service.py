@@ -277,3 +277,33 @@ def test_forked_child_of_the_door_is_a_member(spawn: Callable[..., Target],
     (proc,) = json.loads(done.stdout)["processes"]
     assert proc["pid"] == child
     assert any(t["name"] == "child-worker" for t in proc["threads"])
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+def test_an_injected_process_joins_the_service(make_service: Callable[..., Service],
+                                               keys: Keys, base_env: dict[str, str]) -> None:
+    import subprocess
+    import sys
+
+    service = make_service()
+    env = {**service.env, "PRODBUG_SERVICE": "billing"}
+    service.env = env
+    (door,) = service.start(1)
+    # A plain process of the same user, never set up for debugging.
+    plain = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.01)"],
+                             env=base_env)
+    try:
+        done = run_cli("inject", str(plain.pid), "--service", "billing", env=base_env,
+                       timeout=90)
+        assert done.returncode == 0, done.stderr
+        assert [(a["pid"], a["role"]) for a in service.ps(keys.observer)["agents"]] == [
+            (door.pid, "door"), (plain.pid, "member")]
+        stacks = service.cli("stacks", service.address, "--pid", str(plain.pid), "--json",
+                             "--cpu-interval", "0", key=keys.observer)
+        assert stacks.returncode == 0, stacks.stderr
+        (process,) = json.loads(stacks.stdout)["processes"]
+        assert process["pid"] == plain.pid
+        assert any(t["name"] == "MainThread" for t in process["threads"])
+    finally:
+        plain.kill()
+        plain.wait(10)

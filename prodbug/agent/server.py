@@ -88,7 +88,9 @@ class Agent:
         #: The service this process belongs to (see members.py), and its part in it:
         #: "door" (holds the TCP port), "member" (reached through the door) or "local".
         self.service = config.service_name()
-        self.role = "local"
+        # A process of a service with no port settings of its own (an injected one) is a
+        # member too: the door reaches it; it just cannot take the port over.
+        self.role = "member" if self.service is not None else "local"
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._ipc: zmq.Socket[bytes] | None = None
         self._zap: zmq.Socket[bytes] | None = None
