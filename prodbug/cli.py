@@ -268,7 +268,7 @@ def _cmd_stacks(args: argparse.Namespace) -> int:
 def _stacks_all(args: argparse.Namespace, req: dict[str, Any]) -> int:
     from prodbug.client import Client
     from prodbug.fanout import ask_all_local, ask_all_through
-    from prodbug.render import render_stacks_all
+    from prodbug.render_all import render_stacks_all
     from prodbug.target import resolve_target
 
     if args.pid is not None:

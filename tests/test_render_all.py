@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 from prodbug.grouping import group_threads_across
-from prodbug.render import Style, render_ps, render_stacks, render_stacks_all
+from prodbug.render import Style, render_ps, render_stacks
+from prodbug.render_all import render_stacks_all
 
 PLAIN = Style(False)
 NASTY = "\x1b[2J\x1b]0;pwned\x07\u202e\x9b31m"
