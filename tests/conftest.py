@@ -399,8 +399,9 @@ class Service:
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line)
+        with contextlib.suppress(ValueError, OSError):  # closed by stop() after its wait
+            for line in self.proc.stdout:
+                self.output.append(line)
 
     @property
     def pid(self) -> int:
@@ -418,6 +419,10 @@ class Service:
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
+        try:  # a descendant may have left the group (setsid): end it too
+            descendants = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
         for sig in (signal.SIGTERM, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
@@ -428,7 +433,11 @@ class Service:
                 continue
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers that outlived the leader
-        self.pump.join(10)
+        for child in descendants:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(descendants, timeout=10)
+        self.pump.join(30)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

@@ -7,9 +7,11 @@ that link (the reply, and a session's events) to the operator's route. One link 
 on the member's ipc socket) per operator connection and member, so that a session's
 events reach the operator who opened it and no one else.
 
-Bounded: at most ``MAX_LINKS`` links and ``MAX_PENDING`` unanswered requests per link; a
-link with nothing in flight for ``IDLE`` seconds is closed; a request whose member exits
-(or says nothing for ``DEADLINE`` seconds) is answered with ``member_gone``.
+Bounded: at most ``MAX_LINKS`` links, ``MAX_PENDING`` unanswered requests per link and
+``MAX_INFLIGHT`` bytes of them in all. A link closes as soon as nothing is in flight on it,
+unless it carries a debugger session (then after ``IDLE`` seconds of silence, or, when
+the table is full, after ``QUIET``: its operator pings every second). A request whose
+member exits (or says nothing for ``DEADLINE`` seconds) is answered with ``member_gone``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ import zmq
 
 from prodbug import protocol
 from prodbug.agent.context import Route
-from prodbug.registry import pid_alive
+from prodbug.registry import pid_alive, process_uid
 
 __all__ = ["DEADLINE", "IDLE", "MAX_LINKS", "MAX_PENDING", "Relay"]
 
@@ -37,6 +40,15 @@ IDLE = 120.0
 DEADLINE = 300.0
 #: A member's reply may be as large as a client accepts (stacks with locals of many threads).
 MAX_REPLY = 256 << 20
+#: Bytes of relayed requests still waiting for their replies, all links together: what
+#: operators can make the door hold on the way to slow members (door.py's bound, again).
+MAX_INFLIGHT = 32 << 20
+#: Commands of a debugger session: their link stays open for the session's events; any
+#: other link closes once it has nothing in flight.
+_SESSION = ("pdb.", "dap.", "session.")
+#: A session's link that carried nothing for this long may make room for another operator
+#: (its operator pings every second while the session lives).
+QUIET = 10.0
 _log = logging.getLogger("prodbug.agent")
 
 
@@ -47,8 +59,10 @@ class _Link:
     pid: int
     endpoint: str
     last_used: float
-    #: request id -> when to give up on it
-    pending: dict[str, float] = field(default_factory=dict)
+    #: request id -> (when to give up on it, its size)
+    pending: dict[str, tuple[float, int]] = field(default_factory=dict)
+    #: Carries a debugger session (its events come without a request in flight).
+    session: bool = False
 
 
 def _reply_id(data: bytes) -> str | None:
@@ -83,6 +97,7 @@ class Relay:
         self._clock = clock
         self._links: dict[tuple[int, bytes, int], _Link] = {}
         self._by_sock: dict[zmq.Socket[bytes], _Link] = {}
+        self._inflight = 0
 
     def sockets(self) -> list[zmq.Socket[bytes]]:
         """The links' sockets, to poll with the agent's others."""
@@ -110,6 +125,7 @@ class Relay:
         if link is None:
             if len(self._links) >= MAX_LINKS:
                 self.check()  # closes what is idle or dead
+                self._evict_quiet()
             if len(self._links) >= MAX_LINKS:
                 return (f"the door relays for {MAX_LINKS} operator connections already; "
                         f"try again when one has ended")
@@ -122,15 +138,27 @@ class Relay:
             link = _Link(sock, route, pid, endpoint, self._clock())
             self._links[key] = link
             self._by_sock[sock] = link
-        if len(link.pending) >= MAX_PENDING:
-            return f"{MAX_PENDING} requests to process {pid} are waiting for its answer already"
-        try:
-            link.sock.send(protocol.encode_request(request), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            return f"process {pid} is not taking requests (its queue is full)"
+        data = protocol.encode_request(request)
+        why = None
+        if len(link.pending) >= MAX_PENDING or request.id in link.pending:
+            why = f"{MAX_PENDING} requests to process {pid} are waiting for its answer already"
+        elif self._inflight + len(data) > MAX_INFLIGHT:
+            why = (f"the door holds {self._inflight >> 20} MiB of requests for slow "
+                   f"processes already; try again when they have answered")
+        else:
+            try:
+                link.sock.send(data, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                why = f"process {pid} is not taking requests (its queue is full)"
+        if why is not None:
+            if not link.pending and not link.session:
+                self._close(key)
+            return why
         now = self._clock()
         link.last_used = now
-        link.pending[request.id] = now + DEADLINE
+        link.session = link.session or request.cmd.startswith(_SESSION)
+        link.pending[request.id] = (now + DEADLINE, len(data))
+        self._inflight += len(data)
         return None
 
     def on_readable(self, sock: zmq.Socket[bytes]) -> None:
@@ -145,23 +173,42 @@ class Relay:
                 return
             rid = _reply_id(data)
             if rid is not None:
-                link.pending.pop(rid, None)
+                self._answered(link, rid)
             link.last_used = self._clock()
             self._send(link.route, data)
+            if not link.pending and not link.session:  # one-off requests: nothing follows
+                self._close((id(link.route[0]), link.route[1], link.pid))
+                return
 
     def check(self) -> None:
         """Answer requests whose member died or ran out of time; close idle links."""
         now = self._clock()
         for key, link in list(self._links.items()):
-            gone = bool(link.pending) and not pid_alive(link.pid)
-            for rid, deadline in list(link.pending.items()):
+            # Gone, or its pid now another user's process: nothing will answer.
+            gone = bool(link.pending) and (not pid_alive(link.pid) or process_uid(
+                link.pid) not in (None, os.getuid()))
+            for rid, (deadline, _size) in list(link.pending.items()):
                 if gone or now >= deadline:
-                    del link.pending[rid]
+                    self._answered(link, rid)
                     why = "exited" if gone else f"did not answer within {DEADLINE:g}s"
                     self._send(link.route, protocol.encode_reply(protocol.error_reply(
                         rid, "member_gone", f"process {link.pid} {why} before replying")))
-            if gone or (not link.pending and now - link.last_used > IDLE):
+            if gone or (not link.pending and (now - link.last_used > IDLE
+                                              or not link.session)):
                 self._close(key)
+
+    def _answered(self, link: _Link, rid: str) -> None:
+        done = link.pending.pop(rid, None)
+        if done is not None:
+            self._inflight -= done[1]
+
+    def _evict_quiet(self) -> None:
+        """Make room: close the session link that has been quiet longest, if one is."""
+        now = self._clock()
+        quiet = [(link.last_used, key) for key, link in self._links.items()
+                 if not link.pending and now - link.last_used >= QUIET]
+        if quiet:
+            self._close(min(quiet)[1])
 
     def poll_timeout(self, timeout: int | None) -> int | None:
         """Wake once a second while requests are in flight (to notice a dead member), and
@@ -170,12 +217,6 @@ class Relay:
             return timeout
         wait = 1000 if self.pending else int(IDLE * 1000)
         return wait if timeout is None else min(timeout, wait)
-
-    def forget_route(self, route: Route) -> None:
-        """The operator's connection is gone: close its links."""
-        for key, link in list(self._links.items()):
-            if link.route == route:
-                self._close(key)
 
     def close(self) -> None:
         """Close every link (the agent is stopping)."""
@@ -187,5 +228,8 @@ class Relay:
         if link is None:
             return
         self._by_sock.pop(link.sock, None)
+        for _deadline, size in link.pending.values():
+            self._inflight -= size
+        link.pending.clear()
         with contextlib.suppress(zmq.ZMQError):
             link.sock.close(linger=0)

@@ -343,6 +343,9 @@ class Agent:
             tcp = ctx.socket(zmq.ROUTER)
             made.append(tcp)
             self._limit(tcp)
+            # Little in libzmq's pipe (counted in messages, each up to a relayed member's
+            # reply): the outbox behind it is bounded in bytes (outbox.py).
+            tcp.setsockopt(zmq.SNDHWM, 2)
             tcp.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full pipe says EAGAIN: outbox.py
             tcp.curve_server = True
             tcp.curve_publickey, tcp.curve_secretkey = self._server_cert
@@ -665,7 +668,15 @@ class Agent:
             # Relayed by the door: the same uid (the ipc socket's directory is 0700), so it
             # may say whose request this is; the operator's key, never more than local.
             via = request.via
-            key = AuthorizedKey(via["key"], via["name"], via["role"])
+            role = via["role"]
+            if self._keyring is not None:  # this process's own allow-list still holds
+                own = self._keyring.current(via["key"], time.monotonic())
+                if own is None:
+                    return protocol.error_reply(
+                        request.id, "forbidden", f'key "{via["name"]}" is not in the '
+                        f"allow-list of process {self.pid}"), cmd, key, extra
+                role = min(role, own.role, key=protocol.ROLES.index)
+            key = AuthorizedKey(via["key"], via["name"], role)
             extra["via"] = via["door"]
         if cmd == "session.input" and isinstance(request.args.get("data"), str):
             # What the operator ran in pdb, with string literals masked: a password typed
