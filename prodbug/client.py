@@ -203,9 +203,9 @@ class Client:
         deadline = time.monotonic() + timeout
         wanted = set(rids)
         found: dict[str, protocol.Reply] = {}
-        while wanted:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
+        while wanted:  # what has arrived already is taken even when the time is up
+            left = max(0.0, deadline - time.monotonic())
+            if not self._sock.poll(int(left * 1000)):
                 break
             message = self._decode(self._sock.recv())
             if isinstance(message, protocol.Reply) and message.id in wanted:

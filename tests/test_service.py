@@ -337,3 +337,18 @@ def test_door_killed_during_all(three: Service, keys: Keys) -> None:
     assert after.returncode == 0, after.stderr
     assert sorted(p["pid"] for p in json.loads(after.stdout)["processes"]) == sorted(
         [first.pid, second.pid])
+
+
+def test_all_without_a_target_asks_every_local_agent(spawn: Callable[..., Target],
+                                                     base_env: dict[str, str]) -> None:
+    a, b = spawn("member", env=base_env), spawn("member", env=base_env)
+    os.kill(b.pid, signal.SIGSTOP)  # one that cannot answer is named, not awaited
+    try:
+        done = run_cli("stacks", "--all", "--json", "--cpu-interval", "0", "--timeout", "3",
+                       env=base_env)
+    finally:
+        os.kill(b.pid, signal.SIGCONT)
+    assert done.returncode == 0, done.stderr
+    merged = json.loads(done.stdout)
+    assert [p["pid"] for p in merged["processes"]] == [a.pid]
+    assert merged["missing"] == [{"pid": b.pid, "reason": "no reply within 3s"}]
