@@ -13,15 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prodbug._version import __version__
+from prodbug.connect import DEFAULT_KEY_DIR
 from prodbug.errors import ConfigError, ProdbugError
 
 if TYPE_CHECKING:
-    from prodbug.client import Credentials
+    from prodbug.connect import KeyChoice
     from prodbug.render import Style
 
 __all__ = ["main"]
-
-DEFAULT_KEY_DIR = Path("~/.config/prodbug")
 
 EXIT_CODES = """\
 exit codes:
@@ -163,40 +162,24 @@ def _style(args: argparse.Namespace) -> Style:
     return Style(enabled)
 
 
-def _credentials(args: argparse.Namespace) -> Credentials:
-    from prodbug.client import Credentials
-    from prodbug.keys import load_secret_certificate, parse_server_key
+def _keys(args: argparse.Namespace) -> KeyChoice:
+    from prodbug.connect import KeyChoice
 
-    key_path = args.key or os.environ.get("PRODBUG_CLIENT_SECRET_KEY")
-    path = Path(key_path).expanduser() if key_path else \
-        (DEFAULT_KEY_DIR / "client.key_secret").expanduser()
-    if not key_path and not path.exists():
-        raise ConfigError("TCP targets need your secret key: set PRODBUG_CLIENT_SECRET_KEY or "
-                          "--key, or create ~/.config/prodbug/client.key_secret with: "
-                          "prodbug keygen")
-    server = args.server_key or os.environ.get("PRODBUG_SERVER_KEY")
-    if not server:
-        raise ConfigError("TCP targets need the agent's public key: set PRODBUG_SERVER_KEY or "
-                          "--server-key (the agent's server.key file or its Z85 text)")
-    return Credentials(load_secret_certificate(path), parse_server_key(server))
+    return KeyChoice(args.key, args.server_key)
 
 
 def _request(args: argparse.Namespace, cmd: str, req_args: dict[str, Any],
              fallback: bool = False) -> dict[str, Any]:
-    from prodbug.client import Client
+    from prodbug.connect import connect
     from prodbug.errors import ReplyTimeout
     from prodbug.target import resolve_target
 
-    if args.timeout <= 0:
-        raise ConfigError("--timeout must be a positive number of seconds")
-    target = resolve_target(args.target, args.pid)
-    credentials = _credentials(args) if target.is_tcp else None
     try:
-        with Client(target.endpoint, credentials, timeout=args.timeout,
-                    pid=target.request_pid) as client:
-            return client.request(cmd, req_args)
+        with connect(args.target, args.pid, timeout=args.timeout, keys=_keys(args)) as conn:
+            return conn.client.request(cmd, req_args)
     except ReplyTimeout as exc:
-        if not fallback or target.pid is None or target.relayed:
+        target = resolve_target(args.target, args.pid)
+        if not fallback or target.pid is None or target.relayed or target.scheme:
             raise
         from prodbug import registry
         from prodbug.faultdump import trigger_dump
@@ -266,20 +249,17 @@ def _cmd_stacks(args: argparse.Namespace) -> int:
 
 
 def _stacks_all(args: argparse.Namespace, req: dict[str, Any]) -> int:
-    from prodbug.client import Client
+    from prodbug.connect import connect
     from prodbug.fanout import ask_all_local, ask_all_through
     from prodbug.render_all import render_stacks_all
-    from prodbug.target import resolve_target
 
     if args.pid is not None:
         raise ConfigError("--all asks every process: leave out --pid")
     if args.timeout <= 0:
         raise ConfigError("--timeout must be a positive number of seconds")
     if args.target:
-        target = resolve_target(args.target)
-        credentials = _credentials(args) if target.is_tcp else None
-        with Client(target.endpoint, credentials, timeout=args.timeout) as client:
-            result = ask_all_through(client, "stacks", req, args.timeout)
+        with connect(args.target, timeout=args.timeout, keys=_keys(args)) as conn:
+            result = ask_all_through(conn.client, "stacks", req, args.timeout)
     else:
         result = ask_all_local("stacks", req, args.timeout)
     if args.json:
@@ -301,9 +281,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_pdb(args: argparse.Namespace) -> int:
-    from prodbug.client import Client
+    from prodbug.connect import connect
     from prodbug.pdbcli import run_pdb
-    from prodbug.target import resolve_target
 
     open_args: dict[str, Any]
     if args.thread:
@@ -321,34 +300,26 @@ def _cmd_pdb(args: argparse.Namespace) -> int:
         open_args = {"mode": "post_mortem"}
     if args.condition and not args.break_at:
         raise ConfigError("--condition goes with --break")
-    target = resolve_target(args.target, args.pid)
-    credentials = _credentials(args) if target.is_tcp else None
     import secrets
 
-    with Client(target.endpoint, credentials, timeout=args.timeout,
-                routing_id=b"pdb-" + secrets.token_bytes(8), pid=target.request_pid) as client:
-        return run_pdb(client, open_args)
+    with connect(args.target, args.pid, timeout=args.timeout, keys=_keys(args),
+                 routing_id=b"pdb-" + secrets.token_bytes(8)) as conn:
+        return run_pdb(conn.client, open_args)
 
 
 def _cmd_vscode(args: argparse.Namespace) -> int:
     import secrets
 
-    from prodbug.client import Client
-    from prodbug.target import resolve_target
+    from prodbug.connect import connect
     from prodbug.vscode import run_vscode
 
     if not 0 <= args.port < 65536:
         raise ConfigError(f"--port {args.port} is out of range")
-    target = resolve_target(args.target, args.pid)
-    credentials = _credentials(args) if target.is_tcp else None
-    label = f"pid {target.pid}" if target.pid else target.endpoint.removeprefix("tcp://")
-    if target.relayed:
-        label = f"pid {target.pid} at {target.endpoint.removeprefix('tcp://')}"
-    with Client(target.endpoint, credentials, timeout=args.timeout,
-                routing_id=b"dap-" + secrets.token_bytes(8), pid=target.request_pid) as client:
-        return run_vscode(client, port=args.port, local_root=args.local_root,
+    with connect(args.target, args.pid, timeout=args.timeout, keys=_keys(args),
+                 routing_id=b"dap-" + secrets.token_bytes(8)) as conn:
+        return run_vscode(conn.client, port=args.port, local_root=args.local_root,
                           remote_root=args.remote_root, just_my_code=args.just_my_code,
-                          yes=args.yes, label=label,
+                          yes=args.yes, label=conn.label,
                           launch_json=Path(args.write_launch_json)
                           if args.write_launch_json else None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prodbug import registry
 from prodbug.config import DEFAULT_PORT
@@ -23,10 +23,24 @@ class Target:
     pid: int | None = None
     #: ``pid`` is another process of the service behind ``endpoint`` (its door relays).
     relayed: bool = False
+    #: A scheme whose carrier opens the way first (``ssh``, ``kube``: connect.CARRIERS);
+    #: ``address`` is the rest of the TARGET after ``SCHEME://``.
+    scheme: str | None = None
+    address: str = ""
 
     @property
     def is_tcp(self) -> bool:
         return self.endpoint.startswith("tcp://")
+
+    @property
+    def label(self) -> str:
+        """How messages name it."""
+        if self.scheme is not None:
+            return f"{self.scheme}://{self.address}"
+        if self.pid is not None and not self.relayed:
+            return f"pid {self.pid}"
+        where = self.endpoint.removeprefix("tcp://")
+        return f"pid {self.pid} at {where}" if self.relayed else where
 
     @property
     def request_pid(self) -> int | None:
@@ -49,7 +63,9 @@ def resolve_target(text: str | None, pid: int | None = None) -> Target:
     if pid is not None and pid <= 0:
         raise ConfigError(f"--pid {pid} is not a process id")
     if pid is not None and text:
-        return Target(resolve_target(text).endpoint, pid, relayed=True)
+        base = resolve_target(text)
+        # Through a carrier, the carrier decides (ssh can reach a pid's own ipc socket).
+        return replace(base, pid=pid, relayed=base.scheme is None)
     if pid is not None:
         notes: list[str] = []
         entry = registry.find_entry(pid, notes)
@@ -71,10 +87,11 @@ def resolve_target(text: str | None, pid: int | None = None) -> Target:
         return Target(text)
     if text.startswith("tcp://"):
         rest = text[len("tcp://"):]
-    elif text.startswith("ssh://"):
-        raise ConfigError(
-            f"ssh:// targets are not supported yet; tunnel instead: ssh -L {DEFAULT_PORT}:"
-            f"127.0.0.1:{DEFAULT_PORT} HOST, then use 127.0.0.1:{DEFAULT_PORT}")
+    elif text.startswith(("ssh://", "kube://")):
+        scheme, _, address = text.partition("://")
+        if not address:
+            raise ConfigError(f'TARGET "{text}" names no host (e.g. {scheme}://api-7f9)')
+        return Target("", scheme=scheme, address=address)
     elif "://" in text:
         raise ConfigError(f'unknown scheme in TARGET "{text}"; use tcp://, ipc:// or HOST:PORT')
     else:

@@ -321,7 +321,7 @@ def test_door_killed_during_all(three: Service, keys: Keys) -> None:
                            stderr=subprocess.PIPE, text=True)
     try:
         os.kill(door.pid, signal.SIGKILL)
-        out, err = cli.communicate(timeout=60)
+        _out, err = cli.communicate(timeout=60)
     finally:
         if cli.poll() is None:
             cli.kill()

@@ -1,0 +1,124 @@
+"""One way in for every command: resolve the TARGET, open what carries it, load keys, connect.
+
+``connect()`` is the only place that turns what the operator typed into a ``Client``: a
+local pid, ``HOST:PORT``, ``tcp://``, ``ipc://``, and the schemes that need a carrier of
+their own (``ssh://``, ``kube://``: a tunnel that lives exactly as long as the
+connection). A new way in is one entry in ``CARRIERS``; pdb and VS Code sessions, ``--all``
+and every other command get it with no change of theirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from prodbug.errors import ConfigError
+from prodbug.target import Target, resolve_target
+
+if TYPE_CHECKING:
+    from prodbug.client import Client, Credentials
+
+__all__ = ["CARRIERS", "DEFAULT_KEY_DIR", "Carrier", "Connection", "KeyChoice", "connect",
+           "load_credentials"]
+
+DEFAULT_KEY_DIR = Path("~/.config/prodbug")
+
+
+class Carrier(Protocol):
+    """An open way to the agent (a tunnel): the endpoint to connect to, closed on exit."""
+
+    endpoint: str
+    label: str
+
+    def close(self) -> None: ...
+
+
+#: scheme -> opener: ``open(target, timeout) -> Carrier``. Filled by the modules that
+#: implement a scheme, imported lazily (a plain ``HOST:PORT`` pays for none of them).
+CARRIERS: dict[str, Callable[[Target, float], Carrier]] = {}
+_CARRIER_MODULES = {"ssh": "prodbug.transport.ssh", "kube": "prodbug.transport.kube"}
+
+
+@dataclass(frozen=True)
+class KeyChoice:
+    """Which keys a TCP connection uses: paths or Z85 text; None means the default."""
+
+    client_key: str | None = None
+    server_key: str | None = None
+
+
+def load_credentials(keys: KeyChoice) -> Credentials:
+    """The operator's secret certificate and the agent's public key, or a ConfigError that
+    says where each is looked for."""
+    from prodbug.client import Credentials
+    from prodbug.keys import load_secret_certificate, parse_server_key
+
+    key_path = keys.client_key or os.environ.get("PRODBUG_CLIENT_SECRET_KEY")
+    path = Path(key_path).expanduser() if key_path else \
+        (DEFAULT_KEY_DIR / "client.key_secret").expanduser()
+    if not key_path and not path.exists():
+        raise ConfigError("TCP targets need your secret key: set PRODBUG_CLIENT_SECRET_KEY or "
+                          "--key, or create ~/.config/prodbug/client.key_secret with: "
+                          "prodbug keygen")
+    server = keys.server_key or os.environ.get("PRODBUG_SERVER_KEY")
+    if not server:
+        raise ConfigError("TCP targets need the agent's public key: set PRODBUG_SERVER_KEY or "
+                          "--server-key (the agent's server.key file or its Z85 text)")
+    return Credentials(load_secret_certificate(path), parse_server_key(server))
+
+
+@dataclass
+class Connection:
+    """A client to one agent, and whatever carries it (closed together)."""
+
+    client: Client
+    target: Target
+    label: str
+    carrier: Carrier | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _carrier(target: Target, timeout: float) -> Carrier | None:
+    if target.scheme is None:
+        return None
+    opener = CARRIERS.get(target.scheme)
+    if opener is None and target.scheme in _CARRIER_MODULES:
+        import importlib
+
+        importlib.import_module(_CARRIER_MODULES[target.scheme])  # registers itself
+        opener = CARRIERS.get(target.scheme)
+    if opener is None:
+        raise ConfigError(f"{target.scheme}:// targets are not supported by this prodbug")
+    return opener(target, timeout)
+
+
+@contextlib.contextmanager
+def connect(text: str | None, pid: int | None = None, *, timeout: float = 5.0,
+            keys: KeyChoice | None = None, routing_id: bytes | None = None,
+            relay: bool = True) -> Iterator[Connection]:
+    """Connect to the agent that ``text`` (a TARGET) and ``pid`` name; everything opened on
+    the way is closed when the block ends, on every exit path.
+
+    ``relay=False`` ignores ``pid`` for routing (the caller addresses each request itself).
+    """
+    from prodbug.client import Client
+
+    if timeout <= 0:
+        raise ConfigError("--timeout must be a positive number of seconds")
+    target = resolve_target(text, pid)
+    with contextlib.ExitStack() as stack:
+        carrier = _carrier(target, timeout)
+        if carrier is not None:
+            stack.callback(carrier.close)
+        endpoint = carrier.endpoint if carrier is not None else target.endpoint
+        credentials = load_credentials(keys or KeyChoice()) \
+            if endpoint.startswith("tcp://") else None
+        client = stack.enter_context(Client(
+            endpoint, credentials, timeout=timeout, routing_id=routing_id,
+            pid=target.request_pid if relay else None))
+        label = carrier.label if carrier is not None else target.label
+        yield Connection(client, target, label, carrier)
