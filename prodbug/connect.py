@@ -29,10 +29,16 @@ DEFAULT_KEY_DIR = Path("~/.config/prodbug")
 
 
 class Carrier(Protocol):
-    """An open way to the agent (a tunnel): the endpoint to connect to, closed on exit."""
+    """An open way to the agent (a tunnel): the endpoint to connect to, closed on exit.
+
+    ``relay_pid``: the pid every request must name (the door behind the carrier relays it
+    to that process), or None when the endpoint is the process itself (an ipc socket
+    forwarded by ssh) or no pid was asked for.
+    """
 
     endpoint: str
     label: str
+    relay_pid: int | None
 
     def close(self) -> None: ...
 
@@ -117,8 +123,9 @@ def connect(text: str | None, pid: int | None = None, *, timeout: float = 5.0,
         endpoint = carrier.endpoint if carrier is not None else target.endpoint
         credentials = load_credentials(keys or KeyChoice()) \
             if endpoint.startswith("tcp://") else None
+        pid_to_name = carrier.relay_pid if carrier is not None else target.request_pid
         client = stack.enter_context(Client(
             endpoint, credentials, timeout=timeout, routing_id=routing_id,
-            pid=target.request_pid if relay else None))
+            pid=pid_to_name if relay else None))
         label = carrier.label if carrier is not None else target.label
         yield Connection(client, target, label, carrier)
