@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,8 +46,13 @@ PID_HELP = ("a process: with a TARGET, that process of the service behind it (it
             "the registry (no keys needed)")
 
 
-def _connection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", nargs="?", metavar="TARGET", help=TARGET_HELP)
+def _connection_args(parser: argparse.ArgumentParser, *, fleet: bool = False) -> None:
+    if fleet:
+        parser.add_argument("target", nargs="*", metavar="TARGET", help=TARGET_HELP + "; "
+                            "several TARGETs (or --targets FILE) ask them all at once and "
+                            "merge the answers")
+    else:
+        parser.add_argument("target", nargs="?", metavar="TARGET", help=TARGET_HELP)
     parser.add_argument("--pid", type=int, help=PID_HELP)
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                         help="how long to wait for the agent (default: %(default)s)")
@@ -91,7 +97,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p = add("info", "show who a process is and what debug machinery it has")
     _connection_args(p)
     p = add("stacks", "dump every thread's stack, with CPU use and state")
-    _connection_args(p)
+    _connection_args(p, fleet=True)
+    p.add_argument("--targets", metavar="FILE",
+                   help="ask every TARGET listed in FILE (one per line, # comments)")
+    p.add_argument("--concurrency", type=int, metavar="N", default=32,
+                   help="with several targets: how many to ask at once (default: %(default)s)")
     p.add_argument("--all", action="store_true",
                    help="every process of the service behind TARGET (or, with no TARGET, "
                         "every local agent) at once, identical stacks grouped across them; "
@@ -238,6 +248,14 @@ def _cmd_stacks(args: argparse.Namespace) -> int:
         req["locals"] = args.locals
     if args.no_redact:
         req["redact"] = False
+    fleet = list(args.target or [])
+    if args.targets:
+        from prodbug.fleet import read_targets_file
+
+        fleet += read_targets_file(args.targets)
+    if len(fleet) > 1:
+        return _stacks_fleet(args, req, fleet)
+    args.target = fleet[0] if fleet else None
     if args.all:
         return _stacks_all(args, req)
     result = _request(args, "stacks", req, fallback=not args.no_fallback)
@@ -246,6 +264,37 @@ def _cmd_stacks(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_stacks(result, _style(args), group=not args.no_group))
     return 0
+
+
+def _stacks_fleet(args: argparse.Namespace, req: dict[str, Any], targets: list[str]) -> int:
+    from prodbug.connect import connect
+    from prodbug.fanout import ask_all_through
+    from prodbug.fleet import merge_stacks, run_fleet
+    from prodbug.render_all import render_stacks_all
+
+    if args.pid is not None:
+        raise ConfigError("--pid names one process of one target; with several targets "
+                          "leave it out (or use --all)")
+    if args.timeout <= 0:
+        raise ConfigError("--timeout must be a positive number of seconds")
+    keys = _keys(args)
+
+    def ask(target: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with connect(target, timeout=timeout, keys=keys) as conn:
+            left = max(0.1, round(deadline - time.monotonic(), 1))
+            if args.all:
+                return ask_all_through(conn.client, "stacks", req, left)
+            return conn.client.request("stacks", req, timeout=left)
+
+    entries = run_fleet(targets, ask, timeout=args.timeout, concurrency=args.concurrency,
+                        progress=sys.stderr.isatty() and not args.json)
+    if args.json:
+        _print_json({"targets": entries})
+    else:
+        sys.stdout.write(render_stacks_all(merge_stacks(entries), _style(args),
+                                           group=not args.no_group))
+    return 0 if all(e["ok"] for e in entries) else 3
 
 
 def _stacks_all(args: argparse.Namespace, req: dict[str, Any]) -> int:

@@ -81,12 +81,20 @@ def _summary(processes: list[dict[str, Any]], missing: list[Any], style: Style) 
     members = sum(1 for p in processes if p.get("role") == "member")
     if door is not None:
         text += f" (door pid {door.get('pid')}, {members} member{'s' if members != 1 else ''})"
-    if missing:
+    if not missing:
+        return text
+    if not any(isinstance(m, dict) and "target" in m for m in missing):
         gone = ", ".join(
             f"pid {m.get('pid')} ({m.get('reason') or 'no reason given'})"
             if isinstance(m, dict) else str(m) for m in missing)
-        text += "; " + style.red(f"{len(missing)} did not answer: {gone}")
-    return text
+        return text + "; " + style.red(f"{len(missing)} did not answer: {gone}")
+    lines = [text + "; " + style.red(f"{len(missing)} did not answer:")]
+    for m in missing:  # a fleet: one line each, the target first
+        where = str(m.get("target"))
+        if m.get("pid") is not None:
+            where += f" pid {m.get('pid')}"
+        lines.append(f"  {where}: {m.get('reason') or 'no reason given'}")
+    return "\n".join(lines)
 
 
 class _Across:
