@@ -34,11 +34,13 @@ exit codes:
 environment:
   PRODBUG_CLIENT_SECRET_KEY  your secret certificate (default ~/.config/prodbug/client.key_secret)
   PRODBUG_SERVER_KEY         the agent's public key: its .key file or the Z85 text
+  PRODBUG_CONFIG             named targets (default ~/.config/prodbug/config.toml)
   NO_COLOR                   plain output even on a terminal
 """
 
 TARGET_HELP = (
-    "HOST (port 7661), HOST:PORT, tcp://HOST:PORT or ipc://PATH; "
+    "NAME (a named target: prodbug targets lists them), HOST (port 7661), HOST:PORT, "
+    "tcp://HOST:PORT or ipc://PATH; "
     "omit it when exactly one local agent runs"
 )
 PID_HELP = ("a process: with a TARGET, that process of the service behind it (its door "
@@ -54,8 +56,9 @@ def _connection_args(parser: argparse.ArgumentParser, *, fleet: bool = False) ->
     else:
         parser.add_argument("target", nargs="?", metavar="TARGET", help=TARGET_HELP)
     parser.add_argument("--pid", type=int, help=PID_HELP)
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                        help="how long to wait for the agent (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="how long to wait for the agent (default: the named target's "
+                             "timeout, else 5)")
     parser.add_argument("--key", metavar="PATH", help="your secret certificate "
                         "(default: $PRODBUG_CLIENT_SECRET_KEY, else ~/.config/prodbug/"
                         "client.key_secret)")
@@ -156,10 +159,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p = add("ps", "list a service's processes (door and members) through TARGET, or the "
                   "agents on this host with no TARGET")
     _connection_args(p)
-    from prodbug import inject, run
+    from prodbug import inject, named, run
 
     run.configure_parser(add("run", "start a command so that its Python processes (the "
                                     "service's) start the agent, with no code change"))
+    named.configure_parser(add("targets", "list the named targets of ~/.config/prodbug/"
+                                          "config.toml; --accept NAME pins a changed agent key"))
     inject.configure_parser(add("inject", "load the agent into a running Python process that "
                                           "never imported it (gdb; ptrace rights needed)"))
     return parser
@@ -253,6 +258,7 @@ def _cmd_stacks(args: argparse.Namespace) -> int:
         from prodbug.fleet import read_targets_file
 
         fleet += read_targets_file(args.targets)
+    fleet = _expand_fleet(fleet, args.timeout)
     if len(fleet) > 1:
         return _stacks_fleet(args, req, fleet)
     args.target = fleet[0] if fleet else None
@@ -264,6 +270,25 @@ def _cmd_stacks(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_stacks(result, _style(args), group=not args.no_group))
     return 0
+
+
+def _expand_fleet(items: list[str], timeout: float) -> list[str]:
+    """Named groups become their members, and ``kube://...label:SELECTOR`` the pods it
+    selects (kubectl asked once); every other TARGET stands for itself."""
+    from prodbug import named
+
+    out: list[str] = []
+    for item in items:
+        group = named.resolve_group(item)
+        if group is not None:
+            out += group
+        elif item.startswith("kube://"):
+            from prodbug.transport import kube
+
+            out += kube.expand_selector(item, timeout) if kube.is_selector(item) else [item]
+        else:
+            out.append(item)
+    return list(dict.fromkeys(out))  # the same target twice is asked once
 
 
 def _stacks_fleet(args: argparse.Namespace, req: dict[str, Any], targets: list[str]) -> int:
@@ -373,6 +398,12 @@ def _cmd_vscode(args: argparse.Namespace) -> int:
                           if args.write_launch_json else None)
 
 
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from prodbug import named
+
+    return named.main(args)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from prodbug import run
 
@@ -410,7 +441,7 @@ def _cmd_ps(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"keygen": _cmd_keygen, "info": _cmd_info, "stacks": _cmd_stacks,
              "audit": _cmd_audit, "ps": _cmd_ps, "pdb": _cmd_pdb, "vscode": _cmd_vscode,
-             "run": _cmd_run, "inject": _cmd_inject}
+             "run": _cmd_run, "inject": _cmd_inject, "targets": _cmd_targets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -423,6 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(AttributeError):
             signal.signal(signal.SIGHUP, signal.default_int_handler)
     try:
+        if getattr(args, "timeout", 0) is None:  # not given: the named target's, else 5 s
+            from prodbug.named import default_timeout
+
+            args.timeout = default_timeout(getattr(args, "target", None))
         return _COMMANDS[args.command](args)
     except ProdbugError as exc:
         if args.debug:

@@ -1,16 +1,18 @@
 """One way in for every command: resolve the TARGET, open what carries it, load keys, connect.
 
 ``connect()`` is the only place that turns what the operator typed into a ``Client``: a
-local pid, ``HOST:PORT``, ``tcp://``, ``ipc://``, and the schemes that need a carrier of
-their own (``ssh://``, ``kube://``: a tunnel that lives exactly as long as the
-connection). A new way in is one entry in ``CARRIERS``; pdb and VS Code sessions, ``--all``
-and every other command get it with no change of theirs.
+local pid, ``HOST:PORT``, ``tcp://``, ``ipc://``, a name from the config file
+(``prodbug.named``: a configured name wins over a host of that name), and the schemes that
+need a carrier of their own (``ssh://``, ``kube://``: a tunnel that lives exactly as long
+as the connection). A new way in is one entry in ``CARRIERS``; pdb and VS Code sessions,
+``--all`` and every other command get it with no change of theirs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +24,11 @@ from prodbug.target import Target, resolve_target
 if TYPE_CHECKING:
     from prodbug.client import Client, Credentials
 
-__all__ = ["CARRIERS", "DEFAULT_KEY_DIR", "Carrier", "Connection", "KeyChoice", "connect",
-           "load_credentials"]
+__all__ = ["CARRIERS", "DEFAULT_KEY_DIR", "DEFAULT_TIMEOUT", "Carrier", "Connection",
+           "KeyChoice", "connect", "load_credentials"]
 
 DEFAULT_KEY_DIR = Path("~/.config/prodbug")
+DEFAULT_TIMEOUT = 5.0
 
 
 class Carrier(Protocol):
@@ -86,6 +89,8 @@ class Connection:
     label: str
     carrier: Carrier | None = None
     notes: list[str] = field(default_factory=list)
+    #: The timeout in force (the caller's, else the named target's, else 5 s).
+    timeout: float = 5.0
 
 
 def _carrier(target: Target, timeout: float) -> Carrier | None:
@@ -102,30 +107,68 @@ def _carrier(target: Target, timeout: float) -> Carrier | None:
     return opener(target, timeout)
 
 
+def _named(text: str | None, keys: KeyChoice) -> tuple[str | None, KeyChoice, float | None]:
+    """A configured name wins over a host of that name: its address, keys (the agent's
+    pinned) and timeout; explicit ``keys`` still win over the config's."""
+    from prodbug import named
+
+    if not text or "://" in text or ":" in text or text.isdigit():
+        return text, keys, None
+    if not named.might_be_name(text):
+        try:
+            resolve_target(text)
+        except ConfigError as exc:  # e.g. "api prod": say names were considered too
+            raise ConfigError(f"{exc}, nor a named target in {named.config_path()} "
+                              f"(prodbug targets lists them)") from None
+        return text, keys, None
+    config = named.load_config()
+    entry = config.targets.get(text)
+    if entry is None:
+        if text in config.groups:
+            raise ConfigError(f'"{text}" is a group of targets in {config.path}: name one '
+                              f"of them (prodbug targets lists them)")
+        near = named.near_names(text, config)
+        if near:  # most likely a typo of a name, rather than a host of this name
+            print(f'prodbug: "{text}" is not a named target (did you mean '
+                  f'{" or ".join(near)}?); treating it as a host', file=sys.stderr)
+        return text, keys, None
+    server = keys.server_key
+    if server is None:
+        server = entry.agent_key()
+        if server is not None:
+            named.check_pin(entry, server)
+    return entry.address, KeyChoice(keys.client_key or entry.client_key, server), entry.timeout
+
+
 @contextlib.contextmanager
-def connect(text: str | None, pid: int | None = None, *, timeout: float = 5.0,
+def connect(text: str | None, pid: int | None = None, *, timeout: float | None = None,
             keys: KeyChoice | None = None, routing_id: bytes | None = None,
             relay: bool = True) -> Iterator[Connection]:
-    """Connect to the agent that ``text`` (a TARGET) and ``pid`` name; everything opened on
-    the way is closed when the block ends, on every exit path.
+    """Connect to the agent that ``text`` (a TARGET or a named target) and ``pid`` name;
+    everything opened on the way is closed when the block ends, on every exit path.
 
-    ``relay=False`` ignores ``pid`` for routing (the caller addresses each request itself).
+    A named target (``prodbug.named``) brings its address, keys and timeout; ``timeout``
+    None means its timeout, else 5 s. ``relay=False`` ignores ``pid`` for routing (the
+    caller addresses each request itself).
     """
     from prodbug.client import Client
 
+    address, keys, named_timeout = _named(text, keys or KeyChoice())
+    if timeout is None:
+        timeout = named_timeout if named_timeout is not None else DEFAULT_TIMEOUT
     if timeout <= 0:
         raise ConfigError("--timeout must be a positive number of seconds")
-    target = resolve_target(text, pid)
+    target = resolve_target(address, pid)
     with contextlib.ExitStack() as stack:
         carrier = _carrier(target, timeout)
         if carrier is not None:
             stack.callback(carrier.close)
         endpoint = carrier.endpoint if carrier is not None else target.endpoint
-        credentials = load_credentials(keys or KeyChoice()) \
+        credentials = load_credentials(keys) \
             if endpoint.startswith("tcp://") else None
         pid_to_name = carrier.relay_pid if carrier is not None else target.request_pid
         client = stack.enter_context(Client(
             endpoint, credentials, timeout=timeout, routing_id=routing_id,
             pid=pid_to_name if relay else None))
         label = carrier.label if carrier is not None else target.label
-        yield Connection(client, target, label, carrier)
+        yield Connection(client, target, label, carrier, timeout=timeout)

@@ -14,6 +14,10 @@
 7. One port for a service of 16 processes: ``stacks --all`` (one request per process,
    relayed in parallel by the door) vs asking each process in turn through the same door;
    and the time from ``kill -9`` of the door until a member answers on the port.
+8. ``ssh://`` targets through a throwaway local sshd (as the tests run it): ``prodbug stacks
+   ssh://.../PORT`` (a TCP forward) and ``ssh://... --pid N`` (finding the socket, then a
+   Unix-socket forward) beside the SSH floor (``ssh HOST true``) and beside running the CLI
+   on the far side (``ssh HOST prodbug stacks --pid N``). Skipped, saying why, without sshd.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--sessions", type=int, default=5)
     parser.add_argument("--only", type=lambda text: {int(n) for n in text.split(",")},
-                        default=set(range(1, 8)), metavar="N[,N]",
+                        default=set(range(1, 9)), metavar="N[,N]",
                         help="run only these sections (default: all)")
     opts = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pbbench-", dir="/tmp"))
@@ -140,6 +144,8 @@ def main() -> int:
             vscode_sessions(env, work, opts.sessions)
         if 7 in opts.only:
             service_fanout(env, creds, opts.rounds)
+        if 8 in opts.only:
+            ssh_targets(env, work, client_sec, server_pub, opts.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
@@ -408,6 +414,52 @@ def service_fanout(env: dict[str, str], creds: Credentials, rounds: int, size: i
     finally:
         for proc in procs:
             stop(proc)
+
+def ssh_targets(env: dict[str, str], work: Path, client_sec: Path, server_pub: Path,
+                rounds: int) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    import sshd  # the tests' throwaway sshd
+
+    reason = sshd.why_not()
+    if reason is not None:
+        print(f"\n8. ssh:// targets: skipped: {reason}")
+        return
+    n = max(5, rounds)
+    print(f"\n8. ssh:// targets through a local sshd (median of {n} runs each, alternated)")
+    (work / "sshd").mkdir()
+    with sshd.running_sshd(work / "sshd") as server:
+        config = server.client_config("bench")
+        proc, facts = start_target(env)
+        cli_env = {**env, "PRODBUG_SSH_CONFIG": str(config),
+                   "PRODBUG_CLIENT_SECRET_KEY": str(client_sec),
+                   "PRODBUG_SERVER_KEY": str(server_pub)}
+        pid, port = str(facts["pid"]), facts["tcp"].rsplit(":", 1)[1]
+        remote_cli = (f"PRODBUG_RUNTIME_DIR={env['PRODBUG_RUNTIME_DIR']} {sys.executable} -m "
+                      f"prodbug stacks --pid {pid} --json --cpu-interval 0")
+        ssh = ["ssh", "-F", str(config), "-p", str(server.port), "-l", server.user, "127.0.0.1"]
+        prodbug = [sys.executable, "-m", "prodbug", "stacks", "--json", "--cpu-interval", "0"]
+        runs: dict[str, list[float]] = {
+            "ssh HOST true (the SSH floor)": [],
+            "prodbug stacks ssh://HOST/PORT (TCP forward, CURVE)": [],
+            "prodbug stacks ssh://HOST --pid N (lookup + socket forward)": [],
+            "ssh HOST prodbug stacks --pid N (the CLI on the far side)": [],
+            "prodbug stacks --pid N (local, no ssh)": []}
+        argvs = [[*ssh, "true"], [*prodbug, f"{server.url}/{port}"],
+                 [*prodbug, server.url, "--pid", pid], [*ssh, remote_cli],
+                 [*prodbug, "--pid", pid]]
+        try:
+            for _ in range(n):
+                for times, argv in zip(runs.values(), argvs, strict=True):
+                    t0 = time.perf_counter()
+                    subprocess.run(argv, env=cli_env, check=True, stdout=subprocess.DEVNULL)
+                    times.append((time.perf_counter() - t0) * 1000)
+        finally:
+            stop(proc)
+        floor = statistics.median(next(iter(runs.values())))
+        for name, times in runs.items():
+            print(f"   {name:62s} median {statistics.median(times):6.1f} ms "
+                  f"({statistics.median(times) / floor:4.1f}x the floor)")
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -190,6 +190,28 @@ def run_cli(*args: str, env: dict[str, str],
                           text=True, env=env, timeout=timeout, check=False)
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range: a port a test
+    frees and binds again (a door's takeover, a squatter) must not be handed meanwhile
+    to some other test's outgoing connection, as a port from bind(0) can be."""
+    import random
+    import socket
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -149,7 +149,7 @@ def test_cli_errors_are_one_line_with_exit_codes(base_env, tmp_path: Path, keys:
         (["stacks", "--pid", "999999999"], 3, "no process 999999999"),
         (["stacks"], 3, "no local agents"),
         (["stacks", "4242"], 2, "--pid 4242"),
-        (["stacks", "ssh://ops@host"], 2, "ssh -L"),
+        (["stacks", "ssh://-oProxyCommand=x"], 2, "is not ssh://[USER@]HOST"),
         (["stacks", "localhost:7661"], 2, "PRODBUG_SERVER_KEY"),
         (["stacks", "ipc:///nonexistent/1.sock"], 3, "no agent socket"),
     ]

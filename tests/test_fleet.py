@@ -61,3 +61,22 @@ def test_fleet_of_twenty_with_two_unreachable_and_one_hanging(
     # The 17 identical idle threads are one stack, shown once.
     assert text.stdout.count("idle_here") == 1
     assert "17 threads in 17 processes" in text.stdout
+
+
+def test_a_named_group_is_a_fleet(spawn: Callable[..., Target], agent_env: dict[str, str],
+                                  base_env: dict[str, str], keys: Keys,
+                                  tmp_path: Path) -> None:
+    fleet = spawn("fleet", env={**agent_env, "FLEET_SIZE": "3"})
+    config = tmp_path / "config.toml"
+    members = ", ".join(f'"{a["tcp"]}"' for a in fleet.facts["agents"])
+    config.write_text(f"[groups]\nprod = [{members}]\n")
+    config.chmod(0o600)
+    env = {**base_env, "PRODBUG_CONFIG": str(config),
+           "PRODBUG_CLIENT_SECRET_KEY": str(keys.observer),
+           "PRODBUG_SERVER_KEY": str(keys.server_public)}
+    done = subprocess.run([sys.executable, "-m", "prodbug", "stacks", "prod", "--json",
+                           "--cpu-interval", "0"], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    entries = json.loads(done.stdout)["targets"]
+    assert [e["result"]["pid"] for e in entries] == [a["pid"] for a in fleet.facts["agents"]]

@@ -7,14 +7,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pexpect
 import pytest
-from conftest import TARGETS, Keys, Target, run_cli, wait_for
+from conftest import TARGETS, Keys, Target, free_port, run_cli, wait_for
 from dapclient import DapClient
 
 from prodbug.client import Client, Credentials
@@ -25,11 +24,6 @@ MEMBER = str(TARGETS / "member.py")
 TICK_LINE = next(n for n, text in enumerate((TARGETS / "member.py").read_text().splitlines(), 1)
                  if text.strip() == "ticks += 1")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Service:
@@ -63,7 +57,7 @@ def make_service(spawn: Callable[..., Target], agent_env: dict[str, str],
                  base_env: dict[str, str], keys: Keys) -> Callable[..., Service]:
     def make(server_public: Path = keys.server_public, server_secret: Path = keys.server_secret,
              authorized: Path = keys.authorized) -> Service:
-        port = _free_port()
+        port = free_port()
         env = {**agent_env, "PRODBUG_LISTEN": f"tcp://127.0.0.1:{port}",
                "PRODBUG_SERVER_SECRET_KEY": str(server_secret),
                "PRODBUG_AUTHORIZED_KEYS": str(authorized)}

@@ -10,23 +10,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pexpect
 import pytest
-from conftest import BIN, TARGETS, Keys, Request, Service, children, run_cli, wait_for
+from conftest import BIN, TARGETS, Keys, Request, Service, children, free_port, run_cli, wait_for
 
 BREAK_LINE = next(n for n, text in enumerate(
     (TARGETS / "service_app.py").read_text().splitlines(), 1) if "# BREAK" in text)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Door:
@@ -58,7 +52,7 @@ class Door:
 
 def _start(run_service: Callable[..., Service], base_env: dict[str, str], keys: Keys,
            tmp_path: Path, *command: str) -> tuple[Service, Door, int, Path]:
-    port, http = _free_port(), _free_port()
+    port, http = free_port(), free_port()
     release = tmp_path / "release"
     env = {**base_env, "RELEASE_FILE": str(release)}
     service = run_service("--listen", f"tcp://127.0.0.1:{port}", "--server-secret-key",
