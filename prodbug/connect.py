@@ -159,12 +159,15 @@ def connect(text: str | None, pid: int | None = None, *, timeout: float | None =
     if timeout <= 0:
         raise ConfigError("--timeout must be a positive number of seconds")
     target = resolve_target(address, pid)
+    # Keys first where TCP is certain (kube:// always forwards a TCP port): a missing key
+    # must not start a kubectl for nothing.
+    early = load_credentials(keys) if target.is_tcp or target.scheme == "kube" else None
     with contextlib.ExitStack() as stack:
         carrier = _carrier(target, timeout)
         if carrier is not None:
             stack.callback(carrier.close)
         endpoint = carrier.endpoint if carrier is not None else target.endpoint
-        credentials = load_credentials(keys) \
+        credentials = (early or load_credentials(keys)) \
             if endpoint.startswith("tcp://") else None
         pid_to_name = carrier.relay_pid if carrier is not None else target.request_pid
         client = stack.enter_context(Client(
