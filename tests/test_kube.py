@@ -208,14 +208,16 @@ def test_failures_are_one_clear_line(spawn, agent_env, cluster, tmp_path: Path,
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="no real kubectl on PATH")
-def test_the_real_kubectl_without_a_cluster(base_env, tmp_path: Path) -> None:
+def test_the_real_kubectl_without_a_cluster(base_env, tmp_path: Path, keys: Keys) -> None:
     config = tmp_path / "kubeconfig"
     config.write_text(  # a cluster on a port where nothing listens
         f"apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: "
         f"'https://127.0.0.1:{_free_port()}'}}\nusers:\n- name: u\n  user: {{token: x}}\n"
         f"contexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n")
     done = run_cli("info", "kube://prod/api-0", "--timeout", "20",
-                   env={**base_env, "KUBECONFIG": str(config)})
+                   env={**base_env, "KUBECONFIG": str(config),
+                        "PRODBUG_CLIENT_SECRET_KEY": str(keys.observer),
+                        "PRODBUG_SERVER_KEY": str(keys.server_public)})
     assert done.returncode == 3, done.stderr
     (line,) = done.stderr.splitlines()
     assert "kube://prod/api-0: cannot reach the Kubernetes API: The connection to the server" \
@@ -307,3 +309,11 @@ def test_a_label_selector_is_a_fleet(cluster: Cluster, spawn: Any,
                                               "kube://default/api-1:7661"]
     assert [e["result"]["pid"] for e in entries] == [agents[0].pid, agents[1].pid]
     assert cluster.none_left()
+
+
+def test_a_missing_key_starts_no_kubectl(cluster: Cluster) -> None:
+    env = {k: v for k, v in cluster.env.items() if k != "PRODBUG_CLIENT_SECRET_KEY"}
+    env["HOME"] = str(cluster.bin.parent)  # no ~/.config/prodbug/client.key_secret either
+    done = run_cli("stacks", "kube://default/api-0", env=env)
+    assert done.returncode == 2 and "secret key" in done.stderr, done.stderr
+    assert cluster.started() == []
