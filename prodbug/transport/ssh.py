@@ -24,11 +24,9 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,6 +39,7 @@ from prodbug.connect import CARRIERS, Carrier
 from prodbug.errors import AuthError, ConfigError, ProdbugError, TargetUnreachable
 from prodbug.target import Target
 from prodbug.textsafe import printable
+from prodbug.transport import spawn
 
 __all__ = ["SshAddress", "SshTunnel", "open_ssh", "parse_address"]
 
@@ -117,42 +116,15 @@ def _base_argv(timeout: float) -> list[str]:
             "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3"]
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGTERM when this thread dies (Linux).
-
-    Run in the child between fork and exec: prctl(PR_SET_PDEATHSIG), then a check that the
-    parent did not die before it took effect.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def arm() -> None:
-        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return arm
-
-
 class _Ssh:
     """One ssh child: its own session (a Ctrl-C for the CLI is not ssh's), stderr kept."""
 
     def __init__(self, argv: list[str], stdin: int | None = subprocess.DEVNULL,
                  stdout: int | None = subprocess.DEVNULL) -> None:
         self.stderr: collections.deque[str] = collections.deque(maxlen=40)
-        # The preexec_fn takes no lock (a prctl and a getppid), so other threads cannot
-        # deadlock it; nothing else ties ssh's life to ours on SIGKILL.
-        self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
-                                     start_new_session=True,
-                                     preexec_fn=_die_with_parent())  # noqa: PLW1509
+        # spawn: ssh dies with us, SIGKILL included (Linux).
+        self.proc = spawn(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+                          start_new_session=True)
         # Drained all along: ssh logs a line per refused forward, and a full pipe stops it.
         self._reader = threading.Thread(target=self._drain, daemon=True,
                                         name="prodbug-ssh-stderr")
