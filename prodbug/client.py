@@ -164,7 +164,7 @@ class Client:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                if self.endpoint.startswith("tcp://") and not self._handshaken:
+                if self._credentials is not None and not self._handshaken:
                     raise TargetUnreachable(self._timeout_message(timeout))
                 raise ReplyTimeout(self._timeout_message(timeout))
             events = dict(poller.poll(int(left * 1000) + 1))
@@ -251,7 +251,7 @@ class Client:
         return 0
 
     def _timeout_message(self, timeout: float) -> str:
-        if self.endpoint.startswith("tcp://") and not self._handshaken:
+        if self._credentials is not None and not self._handshaken:  # CURVE (TCP, or tunnelled)
             where = self.endpoint.removeprefix("tcp://")
             if self._connected_at is not None:  # TCP is up: the agent did not answer in it
                 return (f"connected to {where} but the agent did not complete the handshake "

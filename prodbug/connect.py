@@ -42,6 +42,9 @@ class Carrier(Protocol):
     endpoint: str
     label: str
     relay_pid: int | None
+    #: The far end is an agent's CURVE port, whatever the local end (ssh forwards a local
+    #: Unix socket to it): the keys are needed.
+    curve: bool
 
     def close(self) -> None: ...
 
@@ -167,8 +170,8 @@ def connect(text: str | None, pid: int | None = None, *, timeout: float | None =
         if carrier is not None:
             stack.callback(carrier.close)
         endpoint = carrier.endpoint if carrier is not None else target.endpoint
-        credentials = (early or load_credentials(keys)) \
-            if endpoint.startswith("tcp://") else None
+        curve = endpoint.startswith("tcp://") or (carrier is not None and carrier.curve)
+        credentials = (early or load_credentials(keys)) if curve else None
         pid_to_name = carrier.relay_pid if carrier is not None else target.request_pid
         client = stack.enter_context(Client(
             endpoint, credentials, timeout=timeout, routing_id=routing_id,

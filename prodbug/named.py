@@ -98,10 +98,13 @@ class NamedTarget:
             return None
         if _Z85_KEY.match(self.server_key):
             return self.server_key
-        from prodbug.keys import load_certificate
+        from prodbug.keys import parse_server_key
 
         try:
-            return load_certificate(Path(self.server_key)).public_key
+            text = _read_private(Path(self.server_key))  # a key others could swap: refused
+            if text is None:
+                raise ConfigError(f"{self.server_key} does not exist")
+            return parse_server_key(self.server_key)
         except ConfigError as exc:
             raise ConfigError(f'target "{self.name}" in {self.config}: server_key: {exc}') \
                 from None
@@ -143,8 +146,29 @@ def _check_safe(path: Path, st: os.stat_result) -> None:
                           f"trust keys it names; fix it with: chmod go-w {path}")
 
 
+def _check_folder(path: Path) -> None:
+    """The folder must be safe too: in one others may write, the file can be swapped or
+    removed (a removed ``known_agents`` would pin an attacker's key afresh)."""
+    folder = path.parent
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return  # the file's own open will say what is wrong
+    mode = stat.S_IMODE(st.st_mode)
+    sticky_ok = mode & stat.S_ISVTX and st.st_uid in (os.getuid(), 0) and \
+        path.exists() and path.stat().st_uid == os.getuid()
+    if st.st_uid not in (os.getuid(), 0):
+        raise ConfigError(f"{folder} belongs to uid {st.st_uid}, not to you: prodbug will not "
+                          f"trust {path.name} there; keep it in a folder of your own")
+    if mode & 0o022 and not sticky_ok:
+        raise ConfigError(f"{folder} is writable by others (mode {mode:04o}): prodbug will "
+                          f"not trust {path.name} there; fix it with: chmod go-w {folder}")
+
+
 def _read_private(path: Path) -> str | None:
-    """The file's text after the ownership check, or None when it does not exist."""
+    """The file's text after the ownership checks (its own and its folder's), or None when
+    it does not exist."""
+    _check_folder(path)
     try:
         with open(path, "rb") as f:
             _check_safe(path, os.fstat(f.fileno()))

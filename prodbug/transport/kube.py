@@ -36,6 +36,7 @@ from prodbug.config import DEFAULT_PORT
 from prodbug.connect import CARRIERS, Carrier
 from prodbug.errors import AuthError, ConfigError, ProdbugError, TargetUnreachable
 from prodbug.target import Target
+from prodbug.textsafe import printable
 from prodbug.transport import spawn
 
 __all__ = ["KubeForward", "KubeTarget", "expand_selector", "is_selector", "open_kube",
@@ -57,7 +58,9 @@ _RESOURCE_TYPES = frozenset({
     "services", "svc", "job", "jobs", "replicationcontroller", "replicationcontrollers",
     "rc"})
 _SELECTOR = re.compile(rf"(?:(?P<ns>{_NAMESPACE})/)?label:(?P<sel>.+?)(?::(?P<port>\d{{1,5}}))?")
-_FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) -> \d+")
+#: kubectl's own line, whole: a warning the API server relays (an admission webhook's)
+#: could carry the same words mid-line and choose the port we connect to.
+_FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) -> \d+\s*$")
 # klog's prefix on kubectl's error lines: "E0612 10:00:00.000000   1234 file.go:12] "
 _KLOG = re.compile(r"^[EWIF]\d{4} [\d:.]+\s+\d+ [\w.-]+:\d+\] ")
 
@@ -169,6 +172,7 @@ class KubeForward:
         self.remote_port = remote_port
         self.label = label
         self.relay_pid = relay_pid
+        self.curve = True  # a TCP port forwarded to the agent's CURVE port
         self.endpoint = ""
         self.lines: collections.deque[str] = collections.deque(maxlen=50)
         #: what kubectl reported wrong once forwarding (e.g. nothing listens in the pod)
@@ -190,7 +194,7 @@ class KubeForward:
                     if not line.startswith("Handling connection for"):
                         self.lines.append(line)
                     if not self._started:
-                        self._started = _FORWARDING.search(line) is not None
+                        self._started = _FORWARDING.match(line) is not None
                         self._startup.put(line)
                     elif "error" in line.lower():
                         self.errors.append(_KLOG.sub("", line))
@@ -211,7 +215,7 @@ class KubeForward:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(max(0.1, deadline - time.monotonic()))
                 raise _kubectl_error(self.label, list(self.lines), "kubectl port-forward")
-            match = _FORWARDING.search(line)
+            match = _FORWARDING.match(line)
             if match is not None:
                 self.endpoint = f"tcp://127.0.0.1:{match[1]}"
                 return
@@ -243,7 +247,8 @@ class KubeForward:
             hint = (f"nothing listens on port {self.remote_port} in the pod (the agent's "
                     f"PRODBUG_LISTEN, e.g. tcp://127.0.0.1:{self.remote_port}, names the "
                     f"port); kubectl: " if "connection refused" in said else "kubectl: ")
-            print(f"prodbug: {self.label}: {hint}{said}", file=sys.stderr)
+            # What the node or runtime said: escaped, never raw to the operator's terminal.
+            print(printable(f"prodbug: {self.label}: {hint}{said}"), file=sys.stderr)
 
 
 def _namespace_args(namespace: str | None) -> list[str]:

@@ -48,6 +48,10 @@ _ADDRESS = re.compile(
     r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*)"
     r"(?::(?P<port>\d{1,5}))?(?:/(?P<agent>\d{1,5}))?/?$")
 
+#: A host name is at most 253 characters, a user name far less: nothing longer is asked for.
+_MAX_ADDRESS = 400
+#: What the far side's lookup may answer (one JSON line): more is a hostile or broken host.
+_MAX_ANSWER = 64 << 10
 #: Local ports ssh may find taken between our choice and its bind: choose again this often.
 _PORT_TRIES = 3
 
@@ -82,7 +86,7 @@ class SshAddress:
 
 def parse_address(text: str) -> SshAddress:
     """``[user@]host[:sshport][/AGENTPORT]``, or a ConfigError that shows the form."""
-    match = _ADDRESS.match(text)
+    match = _ADDRESS.match(text) if len(text) <= _MAX_ADDRESS else None
     if match is None:
         raise ConfigError(f'"ssh://{printable(text)}" is not ssh://[USER@]HOST[:SSHPORT]'
                           f"[/AGENTPORT] (e.g. ssh://ops@api-1, ssh://api-1:2222/7661)")
@@ -123,8 +127,11 @@ class _Ssh:
                  stdout: int | None = subprocess.DEVNULL) -> None:
         self.stderr: collections.deque[str] = collections.deque(maxlen=40)
         # spawn: ssh dies with us, SIGKILL included (Linux).
-        self.proc = spawn(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
-                          start_new_session=True)
+        try:
+            self.proc = spawn(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+                              start_new_session=True)
+        except OSError as exc:  # E2BIG, ENOMEM...: one line, not a traceback
+            raise ConfigError(f"cannot run ssh: {exc.strerror or exc}") from None
         # Drained all along: ssh logs a line per refused forward, and a full pipe stops it.
         self._reader = threading.Thread(target=self._drain, daemon=True,
                                         name="prodbug-ssh-stderr")
@@ -299,17 +306,56 @@ done(none=True, uid=uid, refused=refused, looked=dirs)
 '''
 
 
+def _bounded_answer(ssh: _Ssh, question: bytes, timeout: float) -> bytes | None:
+    """Send ``question`` on ssh's stdin and read its stdout up to a little past
+    ``_MAX_ANSWER`` bytes (a hostile far side cannot fill our memory); None on timeout."""
+    got: list[bytes] = []
+    size = 0
+    proc = ssh.proc
+
+    def read() -> None:
+        nonlocal size
+        stream = proc.stdout
+        if stream is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            while size <= _MAX_ANSWER:
+                chunk = stream.read1(65536)  # type: ignore[attr-defined]
+                if not chunk:
+                    return
+                got.append(chunk)
+                size += len(chunk)
+
+    reader = threading.Thread(target=read, daemon=True, name="prodbug-ssh-answer")
+    reader.start()
+    with contextlib.suppress(OSError):
+        if proc.stdin is not None:
+            proc.stdin.write(question)
+            proc.stdin.close()
+    deadline = time.monotonic() + timeout
+    reader.join(timeout)
+    if reader.is_alive() and size <= _MAX_ANSWER:
+        return None
+    if size <= _MAX_ANSWER:  # its exit status tells a login failure from an answer
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.1, deadline - time.monotonic()))
+    return b"".join(got)
+
+
 def _find_socket(address: SshAddress, pid: int, timeout: float) -> str:
     """The path of process ``pid``'s agent socket on the far side, or why there is none."""
     argv = [*_base_argv(timeout), "-o", "ControlMaster=no", *address.login_args(),
             "python3", "-I", "-", str(pid)]
     ssh = _Ssh(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        try:
-            out, _ = ssh.proc.communicate(_FIND.encode(), timeout=timeout + 1)
-        except subprocess.TimeoutExpired:
+        out = _bounded_answer(ssh, _FIND.encode(), timeout + 1)
+        if out is None:
             raise TargetUnreachable(f"ssh to {address.where} did not finish finding pid {pid}'s "
-                                    f"socket within {timeout:g}s (--timeout)") from None
+                                    f"socket within {timeout:g}s (--timeout)")
+        if len(out) > _MAX_ANSWER:
+            raise TargetUnreachable(f"{address.where} answered more than {_MAX_ANSWER >> 10} "
+                                    f"KiB when asked for pid {pid}'s socket: not prodbug's "
+                                    f"lookup (a login banner or profile script printing?)")
     finally:
         ssh.stop()
     lines = ssh.said()
@@ -322,16 +368,21 @@ def _find_socket(address: SshAddress, pid: int, timeout: float) -> str:
             f"ssh://{address.host}/PORT --pid {pid}")
     try:
         answer = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, RecursionError):
+        answer = None
+    refused = answer.get("refused", []) if isinstance(answer, dict) else None
+    socket_path = answer.get("socket") if isinstance(answer, dict) else None
+    if not isinstance(answer, dict) or not isinstance(refused, list) or (
+            "socket" in answer and not (isinstance(socket_path, str)
+                                        and socket_path.startswith("/"))):
         last = printable(lines[-1]) if lines else f"exit status {ssh.proc.returncode}"
         raise TargetUnreachable(f"could not look for pid {pid}'s socket on {address.where}: "
-                                f"{last}") from None
-    if "socket" in answer:
-        return str(answer["socket"])
+                                f"{last}; it answered no socket path")
+    if isinstance(socket_path, str):
+        return socket_path
     if "missing" in answer:
         raise TargetUnreachable(f"no process {pid} on {address.host}")
     who = f"{address.user}" if address.user else "the ssh login"
-    refused = answer.get("refused") or []
     if refused:
         raise TargetUnreachable(
             f"process {pid} on {address.host}: no trusted registry entry "
@@ -349,11 +400,13 @@ class SshTunnel:
     """A running ``ssh -N -L``; ``endpoint`` is the local end of the forward."""
 
     def __init__(self, ssh: _Ssh, endpoint: str, label: str, relay_pid: int | None,
-                 private_dir: Path | None) -> None:
+                 private_dir: Path | None, *, curve: bool) -> None:
         self._ssh = ssh
         self.endpoint = endpoint
         self.label = label
         self.relay_pid = relay_pid
+        #: The far end is the agent's CURVE port (the local end a Unix socket all the same).
+        self.curve = curve
         self._private_dir = private_dir
 
     @property
@@ -367,12 +420,6 @@ class SshTunnel:
         if self._private_dir is not None:
             shutil.rmtree(self._private_dir, ignore_errors=True)
             self._private_dir = None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _probe(ssh: _Ssh, family: int, where: object, deadline: float) -> bool | None:
@@ -467,39 +514,45 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _private_dir() -> Path:
+    """A fresh 0700 directory for the local end of a forward: the socket is ours alone
+    (no local port another user could take or reach). Named for our pid, so a later CLI
+    can remove it if we are killed before we can."""
+    _sweep()
+    return Path(tempfile.mkdtemp(prefix=f"prodbug-ssh-{os.getpid()}-"))
+
+
 def open_ssh(target: Target, timeout: float) -> Carrier:
     """Open the tunnel that ``target`` (``scheme="ssh"``) names; see the module docstring."""
     address = parse_address(target.address)
     shown = f"ssh://{target.address}"
-    if target.pid is not None and address.agent_port is None:
-        remote = _find_socket(address, target.pid, timeout)
-        _sweep()
-        # 0700: the socket is ours alone. Named for our pid, so a later CLI can remove it
-        # if we are killed before we can.
-        private = Path(tempfile.mkdtemp(prefix=f"prodbug-ssh-{os.getpid()}-"))
-        local = private / "agent.sock"
-        try:
-            ssh, endpoint = _tunnel(
-                address, lambda: (f"{local}:{remote}", socket.AF_UNIX, str(local),
-                                  f"ipc://{local}"),
-                timeout, remote, "the process's agent stopped?")
-        except BaseException:
-            shutil.rmtree(private, ignore_errors=True)
-            raise
-        return SshTunnel(ssh, endpoint, f"pid {target.pid} on {shown}", None, private)
+    to_socket = target.pid is not None and address.agent_port is None
+    remote = _find_socket(address, target.pid, timeout) if to_socket and target.pid else ""
     agent_port = address.agent_port or DEFAULT_PORT
-
-    def tcp() -> tuple[str, int, object, str]:
-        port = _free_port()
-        return (f"127.0.0.1:{port}:127.0.0.1:{agent_port}", socket.AF_INET,
-                ("127.0.0.1", port), f"tcp://127.0.0.1:{port}")
-
-    ssh, endpoint = _tunnel(
-        address, tcp, timeout, f"127.0.0.1:{agent_port}",
-        f"its agent listens where PRODBUG_LISTEN says: give that port as "
-        f"ssh://{address.host}/PORT, or --pid N to reach a process's own socket")
+    private = _private_dir()
+    local = private / "agent.sock"
+    try:
+        if to_socket:
+            what, hint = remote, "the process's agent stopped?"
+            spec = f"{local}:{remote}"
+        else:
+            # To the agent's TCP port, from a Unix socket here: CURVE runs end to end
+            # through it (the carrier says so), and no local port exists to squat.
+            what = f"127.0.0.1:{agent_port}"
+            hint = (f"its agent listens where PRODBUG_LISTEN says: give that port as "
+                    f"ssh://{address.host}/PORT, or --pid N to reach a process's own socket")
+            spec = f"{local}:127.0.0.1:{agent_port}"
+        ssh, endpoint = _tunnel(
+            address, lambda: (spec, socket.AF_UNIX, str(local), f"ipc://{local}"),
+            timeout, what, hint)
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+    if to_socket:
+        return SshTunnel(ssh, endpoint, f"pid {target.pid} on {shown}", None, private,
+                         curve=False)
     label = f"pid {target.pid} via {shown}" if target.pid is not None else shown
-    return SshTunnel(ssh, endpoint, label, target.pid, None)
+    return SshTunnel(ssh, endpoint, label, target.pid, private, curve=True)
 
 
 CARRIERS["ssh"] = open_ssh
