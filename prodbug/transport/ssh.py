@@ -4,8 +4,9 @@ The CLI runs ``ssh`` (from PATH) as a child, so ``~/.ssh/config``, ssh-agent, ju
 ``known_hosts`` work as they do for the operator; host keys are checked as ssh always does.
 Two ways through:
 
-- to the agent's TCP port on the remote loopback (``/AGENTPORT``, else 7661): a local TCP
-  forward, still CURVE end to end; with ``--pid N`` and an ``/AGENTPORT`` the door there
+- to the agent's TCP port on the remote loopback (``/AGENTPORT``, else 7661): forwarded
+  from a Unix socket in a private directory here (no local port for another user to take
+  or reach), still CURVE end to end; with ``--pid N`` and an ``/AGENTPORT`` the door there
   relays to process N;
 - ``--pid N`` with no ``/AGENTPORT``: the process's own ``ipc://`` socket, forwarded with
   OpenSSH's Unix-socket forwarding and found by a small ``python3`` run on the far side
@@ -52,7 +53,7 @@ _ADDRESS = re.compile(
 _MAX_ADDRESS = 400
 #: What the far side's lookup may answer (one JSON line): more is a hostile or broken host.
 _MAX_ANSWER = 64 << 10
-#: Local ports ssh may find taken between our choice and its bind: choose again this often.
+#: Tries at starting the forward when ssh says its local end is taken.
 _PORT_TRIES = 3
 
 
@@ -486,7 +487,7 @@ def _tunnel(address: SshAddress, forward: Callable[[], tuple[str, int, object, s
         if not any("Address already in use" in ln or "cannot listen" in ln.lower()
                    for ln in lines):
             raise _ssh_error(address, lines, "opening the tunnel")
-    raise TargetUnreachable(f"could not find a free local port for the ssh tunnel to "
+    raise TargetUnreachable(f"could not open the local end of the ssh tunnel to "
                             f"{address.where} in {_PORT_TRIES} tries")
 
 
