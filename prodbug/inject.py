@@ -308,9 +308,15 @@ def _remote_exec(target: Target, snippet: str, shared: Path | None) -> bool:
             sys.version_info[:2] != target.version):
         return False
     script = shared / "inject.py"
-    script.write_text(snippet, encoding="utf-8")
-    if target.uid != os.geteuid():
-        os.chown(script, target.uid, target.gid)
+    # The directory is the target's uid's (it writes its report there): a link or file
+    # it planted at this name must be neither followed nor handed over, so create anew.
+    fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, snippet.encode("utf-8"))
+        if target.uid != os.geteuid():
+            os.fchown(fd, target.uid, target.gid)
+    finally:
+        os.close(fd)
     try:
         remote_exec(target.pid, os.fspath(script))
     except PermissionError:

@@ -28,6 +28,7 @@ __all__ = [
     "load_authorized_keys",
     "load_certificate",
     "load_secret_certificate",
+    "parse_certificate",
     "parse_server_key",
     "write_certificate_pair",
 ]
@@ -94,6 +95,11 @@ def load_certificate(path: Path) -> Certificate:
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+    return parse_certificate(text, path)
+
+
+def parse_certificate(text: str, path: Path) -> Certificate:
+    """Parse the text of a ``zmq.auth`` certificate (``path`` names it in messages)."""
     section = ""
     metadata: dict[str, str] = {}
     keys: dict[str, str] = {}

@@ -98,13 +98,14 @@ class NamedTarget:
             return None
         if _Z85_KEY.match(self.server_key):
             return self.server_key
-        from prodbug.keys import parse_server_key
+        from prodbug.keys import parse_certificate
 
         try:
-            text = _read_private(Path(self.server_key))  # a key others could swap: refused
+            path = Path(self.server_key)
+            text = _read_private(path)  # a key others could swap: refused
             if text is None:
                 raise ConfigError(f"{self.server_key} does not exist")
-            return parse_server_key(self.server_key)
+            return parse_certificate(text, path).public_key  # the text checked, no re-read
         except ConfigError as exc:
             raise ConfigError(f'target "{self.name}" in {self.config}: server_key: {exc}') \
                 from None
@@ -170,9 +171,15 @@ def _read_private(path: Path) -> str | None:
     it does not exist."""
     _check_folder(path)
     try:
-        with open(path, "rb") as f:
-            _check_safe(path, os.fstat(f.fileno()))
-            data = f.read()
+        # No FIFO waited on: a regular file (a dotfiles symlink is fine: what is checked
+        # below is the file it leads to, opened once and read from the same descriptor).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"{path} is not a regular file")
+            _check_safe(path, st)
+            data = f.read(1 << 20)
     except FileNotFoundError:
         return None
     except OSError as exc:

@@ -17,7 +17,7 @@ from conftest import Keys, wait_for
 from test_service import Service
 
 from prodbug import protocol
-from prodbug.agent.relay import MAX_LINKS
+from prodbug.agent.relay import MAX_PENDING, MAX_SESSION_LINKS
 from prodbug.client import Client, Credentials
 from prodbug.keys import load_certificate
 
@@ -44,12 +44,48 @@ def test_links_of_gone_connections_do_not_lock_others_out(make_service: Callable
     service = make_service()
     _door, member = service.start(2)
     observer = _creds(keys, keys.observer)
-    for n in range(MAX_LINKS):  # each connection opens a link, then goes away
+    for n in range(MAX_SESSION_LINKS):  # each connection asks once, then goes away
         with Client(f"tcp://{service.address}", observer) as client:
             assert _ask(client, f"p{n}", "ping", member.pid).ok
     with Client(f"tcp://{service.address}", _creds(keys, keys.debugger)) as client:
         reply = _ask(client, "dbg", "ping", member.pid)
     assert reply.ok, reply.error
+
+
+def test_a_hung_member_locks_out_no_one_else(make_service: Callable[..., Service],
+                                             keys: Keys) -> None:
+    """Operators who gave up on a stopped worker (a re-run `--all`, or an observer on
+    purpose) fill that worker's link at most: the others answer on."""
+    service = make_service()
+    _door, hung, healthy = service.start(3)
+    observer = _creds(keys, keys.observer)
+    with _stopped(hung.pid):
+        for n in range(MAX_PENDING + 8):
+            with Client(f"tcp://{service.address}", observer, timeout=0.3) as client:
+                client.send_request("ping", pid=hung.pid)
+                client.gather({f"never-{n}"}, 0.05)
+        with Client(f"tcp://{service.address}", _creds(keys, keys.debugger)) as client:
+            reply = _ask(client, "dbg", "ping", healthy.pid)
+        assert reply.ok, reply.error
+
+
+def test_all_reaches_more_processes_than_one_link_table(
+        spawn: Callable[..., Any], agent_env: dict[str, str], keys: Keys) -> None:
+    """A pool larger than the session-link table (celery, multiprocessing): `--all` asks
+    every process through one connection."""
+    from conftest import free_port
+
+    port = free_port()
+    size = MAX_SESSION_LINKS + 6
+    pool = spawn("fleet", env={**agent_env, "PRODBUG_LISTEN": f"tcp://127.0.0.1:{port}",
+                               "FLEET_SIZE": str(size)})
+    pids = {a["pid"] for a in pool.facts["agents"]}
+    from prodbug.fanout import ask_all_through
+
+    with Client(f"tcp://127.0.0.1:{port}", _creds(keys, keys.observer), timeout=30) as client:
+        merged = ask_all_through(client, "stacks", {"cpu_interval": 0}, 30)
+    assert merged["missing"] == []
+    assert {p["pid"] for p in merged["processes"]} == pids
 
 
 #: As the second user: hold the loopback port, answer every connection with a ZMTP 3.0

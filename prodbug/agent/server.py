@@ -102,6 +102,8 @@ class Agent:
         self._takeover_at: float | None = None
         self._takeover_tries = 0
         self._relay_checked = 0.0
+        self._members_cache: list[dict[str, Any]] = []
+        self._members_at = -1.0
         self._stopping = False
         #: Refused handshakes recorded: a budget per window, the rest counted (see facts).
         self._denials = DenialLimiter(budget=100, window=10.0)
@@ -228,6 +230,9 @@ class Agent:
         self._thread = None
         if self.tcp_endpoint is not None:  # the parent's port must die with the parent
             release_inherited_port(self.tcp_endpoint)
+        if self._watch is not None:  # the parent's eye on the door: not the child's
+            self._watch.close()
+            self._watch = None
 
     def _runtime_dir(self) -> Path:
         # The same directory for the life of the process: a private fallback when the
@@ -367,11 +372,19 @@ class Agent:
         self._door_endpoint = None
 
     def _await_door(self, runtime_dir: Path) -> dict[str, Any] | None:
-        deadline = time.monotonic() + _DOOR_WAIT
+        """The door of a service whose members started together: the one that bound first
+        writes its entry a moment later. Waits _DOOR_WAIT while the service has other
+        entries, a quarter of that while it has none (a port held by something else
+        should not hold up the host's start for long)."""
+        started = time.monotonic()
         while True:
             door = find_door(runtime_dir, self.service, exclude=self.pid)
-            if door is not None or time.monotonic() >= deadline:
+            if door is not None:
                 return door
+            others = any(e.get("pid") != self.pid
+                         for e in service_entries(runtime_dir, self.service))
+            if time.monotonic() - started >= (_DOOR_WAIT if others else _DOOR_WAIT / 4):
+                return None
             time.sleep(0.05)
 
     def _become_member(self, door: dict[str, Any]) -> None:
@@ -395,6 +408,7 @@ class Agent:
             door = find_door(runtime_dir, self.service, exclude=self.pid)
             if door is not None:
                 self._become_member(door)
+                self._takeover_tries = 0
                 self._write_registry()
                 return
             self._door_endpoint = old
@@ -669,7 +683,9 @@ class Agent:
             # may say whose request this is; the operator's key, never more than local.
             via = request.via
             role = via["role"]
-            if self._keyring is not None:  # this process's own allow-list still holds
+            # This process's own allow-list still holds, for keys (a local operator, relayed
+            # by the door, is this same uid: the ipc socket admits nobody else).
+            if self._keyring is not None and not via["key"].startswith("local:uid"):
                 own = self._keyring.current(via["key"], time.monotonic())
                 if own is None:
                     return protocol.error_reply(
@@ -714,6 +730,17 @@ class Agent:
                 key, {**extra, **ctx.audit}
         return protocol.Reply(id=request.id, result=result), cmd, key, {**extra, **ctx.audit}
 
+    def _members(self, *, missed: bool = False) -> list[dict[str, Any]]:
+        """The service's registry entries, read at most once a second (five times when a
+        pid was missed: a member that just joined): a fan-out to N members, or an observer
+        naming pids that do not exist, must not make the door read the whole registry
+        (and /proc) per request."""
+        now = time.monotonic()
+        if now - self._members_at >= (0.2 if missed else 1.0):
+            self._members_cache = list(service_entries(self._runtime_dir(), self.service))
+            self._members_at = now
+        return self._members_cache
+
     def _relay_request(self, request: protocol.Request, key: AuthorizedKey,
                        route: Route) -> protocol.Reply | None:
         """Pass ``request`` to the member it names; None when sent (its reply follows)."""
@@ -728,10 +755,13 @@ class Agent:
                 f"process {self.pid} is in no service, so it reaches no other process; "
                 f"set PRODBUG_SERVICE (or a fixed port in PRODBUG_LISTEN) in every process "
                 f"of the service")
-        endpoint = relay.endpoint(route, pid)
+        endpoint = relay.endpoint(route, pid, request.cmd)
         if endpoint is None:
-            entries = list(service_entries(self._runtime_dir(), self.service))
+            entries = self._members()
             entry = next((e for e in entries if e.get("pid") == pid), None)
+            if entry is None or not registry.pid_alive(pid):
+                entries = self._members(missed=True)
+                entry = next((e for e in entries if e.get("pid") == pid), None)
             if entry is None:
                 pids = ", ".join(str(e.get("pid")) for e in entries) or str(self.pid)
                 return protocol.error_reply(
