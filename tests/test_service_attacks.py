@@ -120,6 +120,15 @@ print("GOT", b"".join(got).hex(), flush=True)
 """
 
 
+def _answered_by(service: Service, credentials: Credentials) -> int | None:
+    """The pid that answers a ping on the service's port now, if any does."""
+    try:
+        with Client(f"tcp://{service.address}", credentials, timeout=2) as client:
+            return int(client.request("ping")["pid"])
+    except Exception:
+        return None
+
+
 @contextmanager
 def _stopped(pid: int) -> Iterator[None]:
     os.kill(pid, signal.SIGSTOP)
@@ -152,15 +161,7 @@ def test_a_squatter_on_the_port_after_the_door_dies_gets_nothing(
     assert z85.decode(public) not in got  # nor the operator's long-term key
     # The squatter gone, the member takes the port over and serves the same key.
     credentials = _creds(keys, keys.debugger)
-
-    def answered_by() -> int | None:
-        try:
-            with Client(f"tcp://{service.address}", credentials, timeout=2) as client:
-                return int(client.request("ping")["pid"])
-        except Exception:
-            return None
-
-    assert wait_for(lambda: answered_by() == member.pid)
+    assert wait_for(lambda: _answered_by(service, credentials) == member.pid)
 
 
 def test_an_observer_reaches_no_debugger_command_on_any_process(
@@ -252,15 +253,8 @@ def test_under_load_a_member_takes_over_and_a_stopped_one_is_named(
             door.proc.kill()
             door.proc.wait(10)
             credentials = _creds(keys, keys.observer)
-
-            def answered_by() -> int | None:
-                try:
-                    with Client(f"tcp://{service.address}", credentials, timeout=2) as client:
-                        return int(client.request("ping")["pid"])
-                except Exception:
-                    return None
-
-            assert wait_for(lambda: answered_by() == live.pid, timeout=60)
+            assert wait_for(lambda: _answered_by(service, credentials) == live.pid,
+                            timeout=60)
             done = service.cli("stacks", service.address, "--all", "--json",
                                "--cpu-interval", "0", "--timeout", "3", key=keys.observer)
     finally:

@@ -38,6 +38,7 @@ from pathlib import Path
 from prodbug.config import DEFAULT_PORT
 from prodbug.connect import CARRIERS, Carrier
 from prodbug.errors import AuthError, ConfigError, ProdbugError, TargetUnreachable
+from prodbug.registry import pid_alive
 from prodbug.target import Target
 from prodbug.textsafe import printable
 from prodbug.transport import spawn
@@ -501,18 +502,8 @@ def _sweep() -> None:
         with contextlib.suppress(OSError, ValueError):
             st = os.lstat(path)
             if (stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
-                    and not _alive(int(owner))):
+                    and not pid_alive(int(owner))):
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _private_dir() -> Path:
