@@ -58,6 +58,31 @@ def format_duration(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value >= 1 else f"{value:.2f} s"
+
+
+def cpu_window_text(results: list[dict[str, Any]]) -> str | None:
+    """What the CPU figures of these dumps cover: ``CPU % over the last 12.3 s`` (since the
+    agent's previous dump), ``over a 0.05 s sample``; a range for several processes; None
+    when no dump measured CPU (``--cpu-interval 0``, an older agent)."""
+    windows = [w for w in (r.get("cpu_window") for r in results)
+               if isinstance(w, dict) and w.get("kind") in ("since_last", "sample")
+               and _number(w.get("seconds")) is not None]
+    if not windows:
+        return None
+    seconds = sorted(float(w["seconds"]) for w in windows)
+    span = _seconds(seconds[0]) if seconds[0] == seconds[-1] else \
+        f"{_seconds(seconds[0])[:-2]}-{_seconds(seconds[-1])}"
+    kinds = {w["kind"] for w in windows}
+    if kinds == {"sample"}:
+        return f"CPU % over a {span} sample" if len(windows) == 1 else \
+            f"CPU % over {span} samples"
+    if kinds == {"since_last"}:
+        return f"CPU % over the last {span}"
+    return f"CPU % over {span} (since the previous dump, or a sample)"
+
+
 def format_bytes(n: float) -> str:
     """``812K``, ``212M``, ``1.4G`` (powers of 1024)."""
     if n < 1 << 20:
@@ -153,7 +178,8 @@ def _thread_header(thread: dict[str, Any], names: dict[int, str], style: Style) 
     facts = [painted + _wait_text(thread, names)]
     cpu = thread.get("cpu_percent")
     if cpu is not None:
-        facts.append(f"{cpu:.0f}% CPU")
+        own = _number(thread.get("cpu_window_s"))  # a thread younger than the window
+        facts.append(f"{cpu:.0f}% CPU" + (f" in its first {_seconds(own)}" if own else ""))
     if thread.get("daemon"):
         facts.append("daemon")
     tid = thread.get("native_id") or thread.get("ident")
@@ -276,6 +302,9 @@ def _render_prepared(result: dict[str, Any], hang_threads: list[dict[str, Any]],
         + (f", {len(result.get('tasks') or [])} asyncio tasks" if result.get("loops") else ""),
         "",
     ]
+    window = cpu_window_text([result])
+    if window is not None:
+        lines[1] += f"; {window}"
     if result.get("fallback") == "faulthandler":
         lines[1] = f"{len(threads)} threads"
     for cycle in result.get("deadlocks") or []:

@@ -23,6 +23,7 @@ from prodbug.render import (
     _table,
     _thread_block,
     _wait_text,
+    cpu_window_text,
     format_duration,
 )
 from prodbug.textsafe import printable_tree
@@ -239,6 +240,9 @@ def render_stacks_all(result: dict[str, Any], style: Style, *, group: bool = Tru
     processes = [p for p, _ in prepared]
     missing = printable_tree(list(result.get("missing") or []))
     lines = [_summary(processes, missing, style), ""]
+    window = cpu_window_text(processes)
+    if group and window is not None:  # ungrouped, each process's heading says its own
+        lines.insert(1, window)
     if not group:
         for process, hang_threads in prepared:
             role = process.get("role")

@@ -157,3 +157,30 @@ def test_same_threads_and_innermost_functions_as_py_spy(spawn, base_env, name: s
             continue  # it was busy answering us; py-spy saw it idle in poll
         innermost = theirs[native]["frames"][0]["name"]
         assert thread["frames"][0]["function"] == innermost, thread["name"]
+
+
+def test_cpu_use_needs_no_wait_and_says_its_window(spawn, base_env) -> None:
+    target = spawn("threads", "--threads", "3", "--spin", env=base_env)
+    with Client(f"ipc://{base_env['PRODBUG_RUNTIME_DIR']}/{target.pid}.sock") as client:
+        # No earlier dump to measure from: a short sample.
+        first = client.request("stacks")
+        assert first["cpu_window"]["kind"] == "sample"
+        assert first["cpu_window"]["seconds"] > 0
+        assert _by_name(first)["spinner"]["state"] == "running"
+        # Right after it: over the time since that dump's first reading, no sample.
+        second = client.request("stacks")
+        assert second["cpu_window"]["kind"] == "since_last"
+        assert second["cpu_window"]["seconds"] > 0
+        spinner = _by_name(second)["spinner"]
+        assert spinner["state"] == "running"
+        assert spinner["cpu_percent"] >= 10
+        assert _by_name(second)["worker-0"]["state"] == "waiting"
+        # An explicit cpu_interval keeps its meaning: 0 measures nothing.
+        none = client.request("stacks", {"cpu_interval": 0})
+        assert none["cpu_window"] == {"kind": "none", "seconds": None}
+        assert all(t["cpu_percent"] is None for t in none["threads"])
+
+    human = run_cli("stacks", "--pid", str(target.pid), env=base_env)
+    assert human.returncode == 0, human.stderr
+    assert "; CPU % over the last " in human.stdout.splitlines()[1]
+    assert "'spinner' (running, " in human.stdout

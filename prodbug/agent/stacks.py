@@ -1,7 +1,8 @@
 """The ``stacks`` command: every thread and asyncio task, and why each one waits.
 
 Collected in-process from ``sys._current_frames()``: frames innermost first with source
-lines; per-thread CPU use and scheduler state from ``/proc``; what each waiting thread
+lines; per-thread CPU use and scheduler state from ``/proc`` (CPU over the time since the
+previous dump, so that a dump needs no wait; see ``CpuReadings``); what each waiting thread
 waits on (``waits``); every asyncio task (``tasks``); identical stacks grouped; and, on
 request, locals rendered without running host code (``saferepr``).
 """
@@ -16,22 +17,29 @@ import time
 from types import FrameType
 from typing import Any
 
-from prodbug.agent.introspect import exact_int, exact_str, frame_locals, instance_attr, source_line
-from prodbug.agent.procfs import read_task_stats
+from prodbug.agent.introspect import exact_int, exact_str, frame_locals, instance_dict, source_line
+from prodbug.agent.procfs import TaskStat, boot_clock, read_cpu_times, read_task_stats
 from prodbug.agent.saferepr import SafeRepr
 from prodbug.agent.tasks import collect_tasks
 from prodbug.agent.waits import analyze
 from prodbug.errors import BadRequest, Forbidden
 from prodbug.grouping import group_tasks, group_threads
 
-__all__ = ["MAX_DEPTH", "StateHistory", "collect_stacks", "process_header"]
+__all__ = ["MAX_DEPTH", "CpuReadings", "StateHistory", "collect_stacks", "process_header"]
 
 #: Frames kept per thread (innermost first); deeper stacks are marked truncated.
 MAX_DEPTH = 200
 _MAX_LINE = 200
 _MAX_LOCALS = 50  # names per frame
-#: A thread above this share of one CPU over the sample is "running".
+#: A thread above this share of one CPU over the window is "running".
 _RUNNING_PERCENT = 10.0
+#: CPU use is taken over the time since an earlier dump's reading when that is at least
+#: _MIN_WINDOW and at most _MAX_WINDOW seconds ago; else over a sample of _SAMPLE seconds.
+#: 50 ms: on a busy 2-core machine (other processes spinning beside the host), shorter
+#: samples now and then showed a spinning host thread below the "running" mark.
+_SAMPLE = 0.05
+_MIN_WINDOW = _SAMPLE
+_MAX_WINDOW = 60.0
 _PROC_STATES = {"R": "running", "S": "waiting", "D": "io-wait", "T": "stopped", "t": "stopped"}
 
 
@@ -59,6 +67,38 @@ class StateHistory:
                 out[ident] = None
         self._seen = fresh  # threads that are gone are forgotten: bounded by live threads
         return out
+
+
+class CpuReadings:
+    """CPU seconds of each thread as earlier dumps read them: the start of the next dump's
+    window. Kept by the dumps themselves (nothing wakes up in between); at most two
+    readings, at least _MIN_WINDOW apart, so that back-to-back dumps still get a window of
+    at least that; a reading keeps only threads that were alive at the next one."""
+
+    def __init__(self) -> None:
+        self._readings: list[tuple[float, dict[int, float]]] = []
+
+    def clear(self) -> None:
+        self._readings = []
+
+    def base(self, now: float) -> tuple[float, dict[int, float]] | None:
+        """The newest reading at least _MIN_WINDOW old; None when there is none, or when
+        it is older than _MAX_WINDOW (a figure averaged over minutes would not say what
+        the threads do now)."""
+        for at, cpu in reversed(self._readings):
+            if now - at >= _MIN_WINDOW:
+                return (at, cpu) if now - at <= _MAX_WINDOW else None
+        return None
+
+    def add(self, at: float, cpu: dict[int, float]) -> None:
+        if self._readings and at - self._readings[-1][0] < _MIN_WINDOW:
+            return  # the newer reading would make the next window too short
+        kept = [(t, {tid: v for tid, v in old.items() if tid in cpu})
+                for t, old in self._readings[-1:]]
+        self._readings = [*kept, (at, cpu)]
+
+
+_READINGS = CpuReadings()
 
 
 def _function_name(frame: FrameType) -> str:
@@ -97,10 +137,11 @@ class _ThreadFacts:
     fields: a subclass may override the properties (``name``, ``ident`` ...) with code."""
 
     def __init__(self, thread: Any) -> None:
-        self.name = exact_str(instance_attr(thread, "_name"))
-        self.ident = exact_int(instance_attr(thread, "_ident"))
-        self.native_id = exact_int(instance_attr(thread, "_native_id"))
-        daemon = instance_attr(thread, "_daemonic")
+        fields = instance_dict(thread) or {}  # looked up once: a dump reads every thread
+        self.name = exact_str(dict.get(fields, "_name"))
+        self.ident = exact_int(dict.get(fields, "_ident"))
+        self.native_id = exact_int(dict.get(fields, "_native_id"))
+        daemon = dict.get(fields, "_daemonic")
         self.daemon = daemon if type(daemon) is bool else None
 
 
@@ -111,6 +152,7 @@ _FORKED: dict[int, int] = {}
 
 
 def _note_fork() -> None:
+    _READINGS.clear()  # the parent's threads, not ours
     _FORKED.clear()
     _FORKED[threading.get_ident()] = threading.get_native_id()
 
@@ -138,23 +180,87 @@ def process_header() -> dict[str, Any]:
     }
 
 
+class _Cpu:
+    """Per-thread CPU share and state over one window."""
+
+    def __init__(self) -> None:
+        self.percent: dict[int, float | None] = {}
+        self.state: dict[int, str] = {}
+        #: Threads that started after the window did: their figure covers their own life.
+        self.own_window: dict[int, float] = {}
+
+
+class _Window:
+    """CPU seconds per native thread id at the window's start (None: not measured) and at
+    its end, how long it lasted, and its kind: ``since_last``, ``sample`` or ``none``."""
+
+    def __init__(self, before: dict[int, float] | None, after: dict[int, float],
+                 seconds: float, kind: str) -> None:
+        self.before, self.after, self.seconds, self.kind = before, after, seconds, kind
+
+
+def _measure_cpu(args: dict[str, Any], natives: dict[int, int]) -> _Window:
+    explicit = "cpu_interval" in args
+    interval = _number(args, "cpu_interval", 0.0, 0.0, 1.0)
+    base = None if explicit else _READINGS.base(time.monotonic())
+    if base is not None:
+        after = read_cpu_times(natives.values())
+        now = time.monotonic()
+        _READINGS.add(now, after)
+        return _Window(base[1], after, now - base[0], "since_last")
+    if not explicit:
+        interval = _SAMPLE  # no usable earlier reading: a short sample instead
+    if not interval:
+        after = read_cpu_times(natives.values())
+        _READINGS.add(time.monotonic(), after)
+        return _Window(None, after, 0.0, "none")
+    before = read_cpu_times(natives.values())
+    started = time.monotonic()
+    _READINGS.add(started, before)
+    time.sleep(interval)  # releases the GIL: busy threads get to show their CPU use
+    after = read_cpu_times(natives.values())
+    now = time.monotonic()
+    _READINGS.add(now, after)
+    return _Window(before, after, now - started, "sample")
+
+
 def _cpu_and_state(stacks: dict[int, list[FrameType]], natives: dict[int, int],
-                   before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
-                   elapsed: float) -> tuple[dict[int, float | None], dict[int, str]]:
-    cpu: dict[int, float | None] = {}
-    state: dict[int, str] = {}
+                   window: _Window) -> _Cpu:
+    """CPU share over the window where both ends are known; for the other threads (all of
+    them without a window) the kernel's state letter, and for a thread that started after
+    the window did, its CPU over its life so far."""
+    out = _Cpu()
+    before, after = window.before, window.after
+    measured = {ident: native for ident, native in natives.items()
+                if before is not None and native in before and native in after}
+    # /proc is read only for the threads the window does not cover (a file each).
+    stats: dict[int, TaskStat] = read_task_stats(
+        native for ident, native in natives.items() if ident not in measured)
+    booted = boot_clock() if stats and before is not None else None
     for ident in stacks:
+        out.percent[ident] = None
+        out.state[ident] = "unknown"
         native = natives.get(ident)
-        cpu[ident] = None
-        state[ident] = "unknown"
-        if native is None or native not in after:
+        if native is None:
             continue
-        state[ident] = _PROC_STATES.get(after[native][0], "unknown")
-        if native in before:
-            percent = round(100.0 * (after[native][1] - before[native][1]) / elapsed, 1)
-            cpu[ident] = percent
-            state[ident] = "running" if percent >= _RUNNING_PERCENT else "waiting"
-    return cpu, state
+        seconds = window.seconds
+        if ident in measured and before is not None:
+            cpu_s = after[native] - before[native]
+        elif native in stats:
+            letter, _, started = stats[native]
+            out.state[ident] = _PROC_STATES.get(letter, "unknown")
+            if started is None or booted is None or native not in after \
+                    or not _MIN_WINDOW <= booted - started <= _MAX_WINDOW:
+                continue  # no window, or too young to measure: the state letter stands
+            seconds = booted - started  # first seen: its CPU over its life so far
+            cpu_s = after[native]
+            out.own_window[ident] = round(seconds, 3)
+        else:
+            continue  # exited meanwhile
+        percent = round(100.0 * max(cpu_s, 0.0) / seconds, 1)
+        out.percent[ident] = percent
+        out.state[ident] = "running" if percent >= _RUNNING_PERCENT else "waiting"
+    return out
 
 
 def _number(args: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
@@ -175,11 +281,11 @@ def collect_stacks(args: dict[str, Any], agent_ident: int | None, *,  # noqa: PL
                    hang_dump: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every thread (the agent's own marked ``"agent": true``) and every asyncio task.
 
-    ``args``: ``cpu_interval`` (seconds, default 0.1, at most 1; 0 skips CPU sampling),
+    ``args``: ``cpu_interval`` (seconds, at most 1: sample CPU use that long; 0: no CPU
+    figures; absent: over the time since the previous dump, else a short sample),
     ``locals`` (how many innermost frames per thread get locals; default 0, at most 5),
     ``redact`` (default true; false needs ``may_unredact``).
     """
-    interval = _number(args, "cpu_interval", 0.1, 0.0, 1.0)
     locals_depth = int(_number(args, "locals", 0, 0, 5))
     redact = args.get("redact", True)
     if not isinstance(redact, bool):
@@ -193,14 +299,9 @@ def collect_stacks(args: dict[str, Any], agent_ident: int | None, *,  # noqa: PL
         native = _FORKED.get(ident, t.native_id)
         if native is not None:
             natives[ident] = native
-    before = read_task_stats(natives.values()) if interval else {}
-    started = time.monotonic()
-    if interval:
-        time.sleep(interval)  # releases the GIL: busy threads get to show their CPU use
-    after = read_task_stats(natives.values())
-    elapsed = time.monotonic() - started
-    # Threads started during the sample are picked up too.
-    threads_by_ident = _threads()
+    window = _measure_cpu(args, natives)
+    if window.kind == "sample":  # threads started during the sample are picked up too
+        threads_by_ident = _threads()
 
     current = sys._current_frames()
     stacks: dict[int, list[FrameType]] = {}
@@ -209,7 +310,8 @@ def collect_stacks(args: dict[str, Any], agent_ident: int | None, *,  # noqa: PL
         truncated: dict[int, bool] = {}
         for ident, frame in current.items():
             stacks[ident], truncated[ident] = _frame_list(frame)
-        cpu, state = _cpu_and_state(stacks, natives, before, after, elapsed)
+        measured = _cpu_and_state(stacks, natives, window)
+        cpu, state = measured.percent, measured.state
         running = {i for i, s in state.items() if s == "running"}
         if agent_ident is not None:
             running.add(agent_ident)
@@ -245,6 +347,8 @@ def collect_stacks(args: dict[str, Any], agent_ident: int | None, *,  # noqa: PL
                 "frames": out_frames,
                 "truncated": truncated[ident],
             }
+            if ident in measured.own_window:
+                entry["cpu_window_s"] = measured.own_window[ident]
             if ident == agent_ident:
                 entry["agent"] = True
             threads.append(entry)
@@ -253,6 +357,8 @@ def collect_stacks(args: dict[str, Any], agent_ident: int | None, *,  # noqa: PL
     main = _ThreadFacts(threading.main_thread()).ident
     threads.sort(key=lambda t: (t["ident"] != main, t["name"], t["ident"]))
     result = {**process_header(), "threads": threads,
+              "cpu_window": {"kind": window.kind, "seconds": round(window.seconds, 3)
+                             if window.kind != "none" else None},
               "deadlocks": analysis.deadlocks, **tasks,
               "thread_groups": group_threads(threads),
               "task_groups": group_tasks(tasks["tasks"]),
