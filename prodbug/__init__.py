@@ -6,7 +6,6 @@ On the operator's side: the ``prodbug`` command.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from prodbug._version import __version__
@@ -34,9 +33,6 @@ __all__ = [
     "start_agent",
 ]
 
-# A library never prints: without this, logging's last-resort handler would write our
-# warnings to the host's stderr when the host has not configured logging.
-logging.getLogger("prodbug").addHandler(logging.NullHandler())
 
 
 def start_agent(**overrides: Any) -> Agent:

@@ -13,6 +13,10 @@ from prodbug.errors import ProdbugError
 
 __all__: list[str] = []
 
+# Never the host's stderr, even when prodbug.agent cannot be imported (it sets the same).
+if not any(isinstance(h, logging.NullHandler) for h in logging.getLogger("prodbug").handlers):
+    logging.getLogger("prodbug").addHandler(logging.NullHandler())
+
 try:
     from prodbug.agent import start_agent
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -51,6 +50,8 @@ def parse_listen(listen: str) -> tuple[str, int, bool]:
     if bare == "localhost":
         loopback = True
     else:
+        import ipaddress  # only with a TCP port: the local-only agent never needs it
+
         try:
             loopback = ipaddress.ip_address(bare).is_loopback
         except ValueError:

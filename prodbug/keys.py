@@ -9,8 +9,6 @@ authorizes a key lives on the service's side.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import os
 import re
 import stat
@@ -72,6 +70,8 @@ class AuthorizedKey:
 def fingerprint(public_key: str) -> str:
     """A short, stable label for a Z85 public key, for logs and messages (16 hex digits of
     its SHA-256: unique in practice, and shows nothing of the key itself)."""
+    import hashlib  # with the first key seen, not with every ``import prodbug.keys``
+
     return hashlib.sha256(public_key.encode("ascii", "replace")).hexdigest()[:16]
 
 
@@ -176,6 +176,8 @@ def parse_server_key(value: str) -> str:
 
 
 def _render(kind: str, metadata: dict[str, str], public: str, secret: str | None) -> str:
+    import datetime
+
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     lines = [
         f"#   ****  Generated on {now} by prodbug keygen  ****",

@@ -14,7 +14,6 @@ or ``{"prodbug": 1, "id": "7f3a", "ok": false, "error": {"code": ..., "message":
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from prodbug.errors import ProtocolError
@@ -80,53 +79,100 @@ ERROR_CODES: Final[dict[str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class Request:
+class _Record:
+    """An immutable message record: what ``@dataclass(frozen=True)`` would give (keyword
+    or positional construction, equality, repr), written out because importing dataclasses
+    (inspect, ast, dis and tokenize behind it) costs every command line ~10 ms."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def _init(self, **values: Any) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable fields (dicts), as a dataclass
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class Request(_Record):
     """A client's request: a command name, its arguments and a correlation id."""
 
+    __slots__ = ("args", "cmd", "id", "pid", "version", "via")
     id: str
     cmd: str
-    args: dict[str, Any] = field(default_factory=dict)
-    version: int = PROTOCOL_VERSION
+    args: dict[str, Any]
+    version: int
     #: Which process of the service should serve it (None: the one that received it).
-    pid: int | None = None
+    pid: int | None
     #: Set by the service's door when it relays a request to another process: who asked
     #: (``key``: the operator's public key, ``name``, ``role``) and the door's ``pid``.
     #: Accepted only from the service's own processes (ipc), never over TCP.
-    via: dict[str, Any] | None = None
+    via: dict[str, Any] | None
+
+    def __init__(self, id: str, cmd: str, args: dict[str, Any] | None = None,  # noqa: PLR0917
+                 version: int = PROTOCOL_VERSION, pid: int | None = None,
+                 via: dict[str, Any] | None = None) -> None:
+        self._init(id=id, cmd=cmd, args={} if args is None else args, version=version,
+                   pid=pid, via=via)
 
 
-@dataclass(frozen=True)
-class ErrorInfo:
+class ErrorInfo(_Record):
     """Why a request failed: a stable ``code`` and a human ``message``."""
 
+    __slots__ = ("code", "details", "message")
     code: str
     message: str
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any]
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        self._init(code=code, message=message, details={} if details is None else details)
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(_Record):
     """The agent's answer to one request: a result, or an error."""
 
+    __slots__ = ("error", "id", "result", "version")
     id: str
-    result: dict[str, Any] | None = None
-    error: ErrorInfo | None = None
-    version: int = PROTOCOL_VERSION
+    result: dict[str, Any] | None
+    error: ErrorInfo | None
+    version: int
+
+    def __init__(self, id: str, result: dict[str, Any] | None = None,
+                 error: ErrorInfo | None = None, version: int = PROTOCOL_VERSION) -> None:
+        self._init(id=id, result=result, error=error, version=version)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(_Record):
     """A message the agent sends without being asked: a session's output or its end."""
 
+    __slots__ = ("data", "kind", "session", "version")
     session: str
     kind: str  # "output" | "state"
-    data: dict[str, Any] = field(default_factory=dict)
-    version: int = PROTOCOL_VERSION
+    data: dict[str, Any]
+    version: int
+
+    def __init__(self, session: str, kind: str, data: dict[str, Any] | None = None,
+                 version: int = PROTOCOL_VERSION) -> None:
+        self._init(session=session, kind=kind, data={} if data is None else data,
+                   version=version)
 
 
 def role_allows(role: str, cmd: str) -> bool:

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import json
 import logging
 import os
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -61,7 +59,15 @@ def _private_default() -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg):
         return Path(xdg) / "prodbug"
-    return Path(tempfile.gettempdir()) / f"prodbug-{os.getuid()}"
+    return Path(_tempdir()) / f"prodbug-{os.getuid()}"
+
+
+def _tempdir() -> str:
+    # tempfile (with shutil, random and compression modules behind it) only when the
+    # environment names no runtime directory: the agent's host seldom needs it otherwise.
+    import tempfile
+
+    return tempfile.gettempdir()
 
 
 _resolved: dict[tuple[int, Path], Path] = {}
@@ -108,6 +114,8 @@ def _fallback(why: ConfigError) -> Path:
             break
     else:
         try:
+            import tempfile
+
             chosen = Path(tempfile.mkdtemp(prefix=f"prodbug-{uid}-"))
         except OSError as exc:
             raise ConfigError(f"{why}; no private directory could be made in its place "
@@ -308,7 +316,9 @@ def _load(directory: Path, pid: int, uid: int, whose: str) -> tuple[dict[str, An
 
 def _own_fallbacks(uid: int) -> list[Path]:
     """Private directories made by ``resolve_runtime_dir`` when the default was taken."""
-    pattern = os.path.join(glob.escape(tempfile.gettempdir()), f"prodbug-{uid}-*")
+    import glob
+
+    pattern = os.path.join(glob.escape(_tempdir()), f"prodbug-{uid}-*")
     return [Path(p) for p in sorted(glob.glob(pattern))]
 
 
@@ -355,11 +365,13 @@ def list_entries(runtime_dir: Path | None = None,
 
 
 def _candidate_dirs() -> list[Path]:
+    import glob
+
     dirs = [default_runtime_dir()]
     # Root on the host, or kubectl exec as another user: look in every user's directory
     # (fallbacks included); trust is decided per directory by its owner, not by its name.
     dirs += [Path(p) for p in sorted(glob.glob("/run/user/*/prodbug"))]
-    temp = glob.escape(tempfile.gettempdir())
+    temp = glob.escape(_tempdir())
     dirs += [Path(p) for p in sorted(glob.glob(os.path.join(temp, "prodbug-*")))]
     return list(dict.fromkeys(dirs))
 

@@ -15,6 +15,11 @@ from prodbug.config import AgentConfig
 __all__ = ["THREAD_NAME", "Agent", "current_agent", "start_agent"]
 
 _log = logging.getLogger("prodbug.agent")
+# A library never prints: without a handler, logging's last-resort one would write our
+# warnings to the host's stderr when the host has not configured logging. (Set here, not
+# in ``prodbug``, whose import the command line pays for too.)
+if not any(isinstance(h, logging.NullHandler) for h in logging.getLogger("prodbug").handlers):
+    logging.getLogger("prodbug").addHandler(logging.NullHandler())
 _lock = threading.Lock()
 _agent: Agent | None = None
 #: Agents inherited through fork: their zmq contexts belong to the parent, so a child

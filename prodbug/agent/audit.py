@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import tokenize
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,8 @@ def mask_literals(line: str) -> str:
     A pdb line is Python: tokenize it and mask STRING tokens (f-strings included); a line
     that does not tokenize has its quoted runs masked instead.
     """
+    import tokenize  # only pdb sessions have lines to mask
+
     try:
         out = []
         last = (1, 0)

@@ -23,8 +23,6 @@ application handles or ignores is never taken.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import faulthandler
 import logging
 import os
@@ -41,35 +39,48 @@ _CLOCK_MONOTONIC = 1
 _SIGEV_SIGNAL = 0
 
 
-class _Sigevent(ctypes.Structure):
-    _fields_ = [("sigev_value", ctypes.c_void_p), ("sigev_signo", ctypes.c_int),
-                ("sigev_notify", ctypes.c_int), ("_pad", ctypes.c_byte * 48)]
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-class _Itimerspec(ctypes.Structure):
-    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
-
-
 def _libc() -> Any:
+    # ctypes (about 1 MB) only when the kernel's own account in /proc is not readable,
+    # or for the opt-in hang timer.
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes
+
     try:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
 
 
-def _disposition_is_default(signum: int) -> bool:
+def _handled_signals() -> int | None:
+    """The signals this process catches or ignores, as a bit mask (signal N is bit N-1),
+    from the kernel's account in /proc; None when it cannot be read."""
+    if not sys.platform.startswith("linux"):
+        return None
+    mask = 0
+    found = 0
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith((b"SigCgt:", b"SigIgn:")):
+                    mask |= int(line.split(b":", 1)[1].strip(), 16)
+                    found += 1
+    except (OSError, ValueError):
+        return None
+    return mask if found == 2 else None
+
+
+def _disposition_is_default(signum: int, handled: int | None) -> bool:
     """Whether nothing (Python or C) handles or ignores ``signum`` right now."""
     if signal.getsignal(signum) not in (signal.SIG_DFL, None):
         return False
+    if handled is not None:
+        return not handled & (1 << (signum - 1))
     libc = _libc()
     if libc is None:
         return False
+    import ctypes
+
     buf = ctypes.create_string_buffer(512)  # larger than any libc's struct sigaction
     if libc.sigaction(signum, None, buf) != 0:
         return False
@@ -84,7 +95,9 @@ def _free_signals(setting: str, wanted: int) -> list[int]:
         candidates = [first] + [first + k for k in range(1, 8)]
     else:
         candidates = [signal.SIGRTMIN + k for k in (13, 12, 11, 10, 9, 8, 7)]
-    free = [s for s in candidates if s < signal.SIGRTMAX and _disposition_is_default(s)]
+    handled = _handled_signals()
+    free = [s for s in candidates
+            if s < signal.SIGRTMAX and _disposition_is_default(s, handled)]
     return free[:wanted]
 
 
@@ -92,6 +105,21 @@ class _Timer:
     """A POSIX per-process timer that delivers ``signum`` once, SECONDS after ``arm()``."""
 
     def __init__(self, signum: int) -> None:
+        import ctypes
+        import ctypes.util
+
+        class Sigevent(ctypes.Structure):
+            _fields_ = [("sigev_value", ctypes.c_void_p), ("sigev_signo", ctypes.c_int),
+                        ("sigev_notify", ctypes.c_int), ("_pad", ctypes.c_byte * 48)]
+
+        class Timespec(ctypes.Structure):
+            _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+        class Itimerspec(ctypes.Structure):
+            _fields_ = [("it_interval", Timespec), ("it_value", Timespec)]
+
+        self._ctypes = ctypes
+        self._timespec, self._itimerspec = Timespec, Itimerspec
         self._lib = _libc()
         if self._lib is None or not hasattr(self._lib, "timer_create"):
             path = ctypes.util.find_library("rt")
@@ -99,15 +127,15 @@ class _Timer:
         if self._lib is None:
             raise OSError("timer_create is not available")
         self._id = ctypes.c_void_p()
-        event = _Sigevent(sigev_value=None, sigev_signo=signum, sigev_notify=_SIGEV_SIGNAL)
+        event = Sigevent(sigev_value=None, sigev_signo=signum, sigev_notify=_SIGEV_SIGNAL)
         if self._lib.timer_create(_CLOCK_MONOTONIC, ctypes.byref(event),
                                   ctypes.byref(self._id)) != 0:
             raise OSError(ctypes.get_errno(), "timer_create failed")
 
     def arm(self, seconds: float) -> None:
         whole = int(seconds)
-        spec = _Itimerspec(it_value=_Timespec(whole, int((seconds - whole) * 1e9)))
-        self._lib.timer_settime(self._id, 0, ctypes.byref(spec), None)
+        spec = self._itimerspec(it_value=self._timespec(whole, int((seconds - whole) * 1e9)))
+        self._lib.timer_settime(self._id, 0, self._ctypes.byref(spec), None)
 
     def delete(self) -> None:
         self._lib.timer_delete(self._id)

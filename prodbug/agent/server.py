@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.utils import z85
@@ -34,16 +34,21 @@ from prodbug.agent.dap import DEBUGPY, untraced
 from prodbug.agent.desk import SessionDesk
 from prodbug.agent.door import HANDSHAKE_IVL_MS, RECEIVE_HWM, DenialLimiter, Door
 from prodbug.agent.faults import FaultDumps
-from prodbug.agent.forkfds import release_inherited_port
-from prodbug.agent.info import collect_info
-from prodbug.agent.keyring import KeyRing
+from prodbug.agent.forkfds import release_inherited_port  # not imported in a fork handler
 from prodbug.agent.members import DoorWatch, find_door, service_entries
-from prodbug.agent.relay import Relay
 from prodbug.agent.sessions import SessionError
-from prodbug.agent.stacks import StateHistory, collect_stacks
 from prodbug.config import AgentConfig, parse_listen
 from prodbug.errors import ConfigError, ProdbugError, ProtocolError, RequestError
-from prodbug.keys import AuthorizedKey, fingerprint, load_secret_certificate
+from prodbug.keys import AuthorizedKey, fingerprint
+
+if TYPE_CHECKING:
+    # Loaded when first needed, not with the agent: a host pays at start only for what
+    # serving needs (tests/test_agent_weight.py keeps it so). stacks brings saferepr,
+    # waits (ast), tasks and procfs (ctypes); info brings psutil; keyring only with TCP;
+    # relay only in a service (nothing else has other processes to reach).
+    from prodbug.agent.keyring import KeyRing
+    from prodbug.agent.relay import Relay
+    from prodbug.agent.stacks import StateHistory
 
 __all__ = ["THREAD_NAME", "Agent"]
 
@@ -80,7 +85,7 @@ class Agent:
         self._keyring: KeyRing | None = None
         self._server_cert: tuple[bytes, bytes] | None = None
         self._audit = AuditLog(config.audit_log)
-        self._history = StateHistory()
+        self._history: StateHistory | None = None
         self._faults: FaultDumps | None = None
         self._desk: SessionDesk | None = None
         self._registry_entry: dict[str, Any] = {}
@@ -110,14 +115,25 @@ class Agent:
         self._denied_unrecorded = 0
         self._handlers: dict[str, Handler] = {
             "ping": lambda ctx: {"pong": True, "pid": self.pid},
-            "info": lambda ctx: collect_info(self.facts()),
+            "info": self._info,
             "stacks": self._stacks,
             "audit": lambda ctx: {"records": list(self._audit.recent)},
             "ps": self._ps,
         }
 
+    def _info(self, ctx: RequestContext) -> dict[str, Any]:
+        from prodbug.agent.info import collect_info
+
+        return collect_info(self.facts())
+
     def _stacks(self, ctx: RequestContext) -> dict[str, Any]:
-        hang = self._faults.latest_hang() if self._faults is not None else None
+        from prodbug.agent.stacks import StateHistory, collect_stacks
+
+        if self._history is None:
+            self._history = StateHistory()
+        # Without hang dumps there is no file to read (and each open gives the GIL away).
+        faults = self._faults
+        hang = faults.latest_hang() if faults is not None and faults.hang_seconds else None
         result = collect_stacks(ctx.args, self.ident, history=self._history,
                                 may_unredact=protocol.role_allows(ctx.key.role, "audit"),
                                 hang_dump=hang)
@@ -175,6 +191,9 @@ class Agent:
         registry.socket_path(self._runtime_dir(), self.pid)  # a too-long path fails here
         secret_key, authorized = self.config.server_secret_key, self.config.authorized_keys
         if self.config.listen is not None and secret_key and authorized:
+            from prodbug.agent.keyring import KeyRing
+            from prodbug.keys import load_secret_certificate
+
             cert = load_secret_certificate(secret_key)
             self._server_cert = (cert.public_key.encode(), (cert.secret_key or "").encode())
             self._keyring = KeyRing(authorized)
@@ -299,7 +318,9 @@ class Agent:
         self._limit(self._ipc)
         self._ipc.bind(f"ipc://{path}")
         self.ipc_endpoint = f"ipc://{path}"
-        if self._desk is not None:
+        if self._desk is not None and self.service is not None:
+            from prodbug.agent.relay import Relay
+
             self._relay = Relay(ctx, self._desk.send)
         if self.config.listen is not None and self._server_cert is not None:
             door = find_door(runtime_dir, self.service, exclude=self.pid)

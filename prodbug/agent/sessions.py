@@ -16,25 +16,30 @@ host's thread.
 from __future__ import annotations
 
 import logging
-import pdb
+import os
 import queue
-import secrets
 import sys
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prodbug.agent import hooks, introspect, postmortem
+from prodbug.agent import introspect, postmortem
 from prodbug.agent.dap import is_own_thread, untraced
 from prodbug.errors import BadRequest, RequestError
+
+if TYPE_CHECKING:  # pdb (bdb, cmd, code ...) and hooks load with the first session
+    import pdb
+
+    from prodbug.agent.hooks import Hook
 
 __all__ = ["DETACH", "PdbSession", "SessionError", "open_session"]
 
 _log = logging.getLogger("prodbug.agent")
 DETACH = "\x00prodbug-detach"
 _MAX_OUTPUT = 4 << 20  # queued for a slow operator; more is dropped with a note
+_DETACHING = ("q", "quit", "exit", "EOF", "c", "cont", "continue")
 _STEPPING = ("step", "s", "next", "n", "until", "unt", "return", "r", "jump", "j")
 _REFUSED = {
     "interact": "'interact' would read the service's own stdin; use '!' statements instead",
@@ -74,37 +79,57 @@ class _IO:
         return False
 
 
-class _AgentPdb(pdb.Pdb):
-    """pdb that detaches (continues) instead of quitting, and refuses what cannot work."""
+#: pdb (with bdb, cmd, code ...: none of which a host needs otherwise) is imported with the
+#: first session, not with the agent: ``_pdb_type`` defines the class then.
+_pdb_class: Callable[..., pdb.Pdb] | None = None
 
-    def __init__(self, session: PdbSession, *, stepping: bool) -> None:
-        io = _IO(session)
-        super().__init__(stdin=io, stdout=io, nosigint=True, readrc=False)  # type: ignore[arg-type]
-        self.use_rawinput = False
-        self.prompt = "(Pdb) "
-        self.session = session
-        self.stepping = stepping
-        session.prompt = self.prompt
 
-    def onecmd(self, line: str) -> bool:
-        word = line.strip().split(" ", 1)[0] if line.strip() else ""
-        if line == DETACH or word in ("q", "quit", "exit", "EOF", "c", "cont", "continue"):
-            self._detach()
-            return True
-        if word in _REFUSED:
-            self.error(_REFUSED[word])
-            return False
-        if word in _STEPPING and not self.stepping:
-            self.error("this session only looks (the thread keeps running): no stepping; "
-                       "'q' ends it")
-            return False
-        return bool(super().onecmd(line))
+def _new_pdb(session: PdbSession, *, stepping: bool) -> pdb.Pdb:
+    """A pdb for ``session``: detaches (continues) instead of quitting, refuses what
+    cannot work."""
+    return _pdb_type()(session, stepping=stepping)
 
-    def _detach(self) -> None:
-        self.clear_all_breaks()
-        if self.stepping:
-            self.set_continue()  # no breakpoints: settrace(None), f_trace cleared
-        self.session.end("detached: the thread goes on")
+
+def _pdb_type() -> Callable[..., pdb.Pdb]:
+    # Called by open_session, in the agent thread: a thread that hits a breakpoint later
+    # finds the class made and imports nothing.
+    global _pdb_class
+    if _pdb_class is None:
+        import pdb
+
+        class _AgentPdb(pdb.Pdb):
+            def __init__(self, session: PdbSession, *, stepping: bool) -> None:
+                io = _IO(session)
+                super().__init__(stdin=io, stdout=io,  # type: ignore[arg-type]
+                                 nosigint=True, readrc=False)
+                self.use_rawinput = False
+                self.prompt = "(Pdb) "
+                self.session = session
+                self.stepping = stepping
+                session.prompt = self.prompt
+
+            def onecmd(self, line: str) -> bool:
+                word = line.strip().split(" ", 1)[0] if line.strip() else ""
+                if line == DETACH or word in _DETACHING:
+                    self._detach()
+                    return True
+                if word in _REFUSED:
+                    self.error(_REFUSED[word])
+                    return False
+                if word in _STEPPING and not self.stepping:
+                    self.error("this session only looks (the thread keeps running): no "
+                               "stepping; 'q' ends it")
+                    return False
+                return bool(super().onecmd(line))
+
+            def _detach(self) -> None:
+                self.clear_all_breaks()
+                if self.stepping:
+                    self.set_continue()  # no breakpoints: settrace(None), f_trace cleared
+                self.session.end("detached: the thread goes on")
+
+        _pdb_class = _AgentPdb
+    return _pdb_class
 
 
 class PdbSession:
@@ -112,7 +137,9 @@ class PdbSession:
 
     def __init__(self, key_id: str, key_name: str, mode: str, *,
                  notify: Callable[[], None], heartbeat: float, idle: float) -> None:
-        self.id = secrets.token_hex(8)
+        # secrets.token_hex's own source, without importing secrets: it brings hmac and
+        # OpenSSL (~4 MB of the host's memory) for nothing the agent uses.
+        self.id = os.urandom(8).hex()
         self.key_id = key_id
         self.key_name = key_name
         self.mode = mode
@@ -122,7 +149,7 @@ class PdbSession:
         self.state = "waiting"
         self.reason = ""
         self.prompt = "(Pdb) "
-        self.hook: hooks.Hook | None = None
+        self.hook: Hook | None = None
         self.stopped_thread: str | None = None
         self._notify = notify
         self._inbox: queue.Queue[str] = queue.Queue()
@@ -221,7 +248,7 @@ class PdbSession:
         self.last_input = time.monotonic()
         self.output(f"> stopped thread {self.stopped_thread!r} "
                     f"(ident {threading.get_ident()}); 'c', 'q' or Ctrl-D let it go on\n")
-        debugger = _AgentPdb(self, stepping=True)
+        debugger = _new_pdb(self, stepping=True)
         try:
             debugger.set_trace(frame)
             debugger.interaction(frame, None)
@@ -239,7 +266,7 @@ class PdbSession:
     def run_looking(self, frame: FrameType | None, tb: TracebackType | None) -> None:
         """``--inspect`` / ``--post-mortem``: pdb in a session thread; nothing stops."""
         self.state = "stopped"
-        debugger = _AgentPdb(self, stepping=False)
+        debugger = _new_pdb(self, stepping=False)
         try:
             debugger.reset()
             debugger.interaction(frame, tb)
@@ -284,6 +311,8 @@ def _arm_break(session: PdbSession, args: dict[str, Any]) -> None:
             compile(condition, "<condition>", "eval")
         except SyntaxError as exc:
             raise BadRequest(f"condition is not a Python expression: {exc.msg}") from None
+    from prodbug.agent import hooks
+
     try:
         codes = hooks.find_code(filename, line)
     except LookupError as exc:
@@ -301,6 +330,9 @@ def _arm_break(session: PdbSession, args: dict[str, Any]) -> None:
 def open_session(args: dict[str, Any], key_id: str, key_name: str, agent_ident: int | None, *,
                  notify: Callable[[], None], heartbeat: float, idle: float) -> PdbSession:
     """Start a session as ``args`` asks (``mode``: thread, break, inspect, post_mortem)."""
+    from prodbug.agent import hooks  # with the first session, as pdb is (_pdb_type)
+
+    _pdb_type()
     mode = args.get("mode")
     session = PdbSession(key_id, key_name, str(mode), notify=notify, heartbeat=heartbeat,
                          idle=idle)
