@@ -347,8 +347,13 @@ def run_vscode(client: Client, *, port: int, local_root: str, remote_root: str |
 
     if opened.get("slow_tracing"):
         print(f"prodbug vscode: Python {printable(str(opened.get('python')))}: the service "
-              f"runs slower from "
-              f"now until it restarts", file=sys.stderr)
+              f"runs several times slower while VS Code is attached; when the last VS Code "
+              f"detaches, debugpy's tracing is taken down again (the host is back to its "
+              f"speed)", file=sys.stderr)
+    left = opened.get("debugpy_left")
+    if isinstance(left, list) and left:
+        print(f"prodbug vscode: the last detach could not undo all of debugpy: "
+              f"{printable('; '.join(map(str, left)))}", file=sys.stderr)
     if opened.get("debugpy") != "ready":
         print("prodbug vscode: starting debugpy in the service (once per process)...",
               file=sys.stderr)

@@ -15,6 +15,9 @@ SERVICE = str(TARGETS / "service.py")
 LINES = (TARGETS / "service.py").read_text().splitlines()
 WORK_LINE = next(n for n, t in enumerate(LINES, 1) if t.strip() == "i += 1")
 HANDLER_LINE = next(n for n, t in enumerate(LINES, 1) if "# BREAK" in t)
+MAINLOOP = str(TARGETS / "mainloop.py")
+MAIN_LINE = next(n for n, t in enumerate(Path(MAINLOOP).read_text().splitlines(), 1)
+                 if "# MAIN-LINE" in t)
 
 
 def _stopped_in(dap: DapClient, function: str) -> tuple[int, dict[str, object]]:
@@ -116,3 +119,43 @@ def test_slow_python_needs_confirmation(service: Target, base_env) -> None:
     assert "several times slower" in result.stderr and "--yes" in result.stderr
     info = json.loads(run_cli("info", "--pid", str(service.pid), "--json", env=base_env).stdout)
     assert info["agent"]["debugpy"] == "off"
+
+
+def _debugpy(target: Target, env: dict[str, str]) -> dict[str, object]:
+    info = json.loads(run_cli("info", "--pid", str(target.pid), "--json", env=env).stdout)
+    facts = {k: v for k, v in info["agent"].items() if k.startswith("debugpy")}
+    return {**facts, "monitoring_tools": info["debug"]["monitoring_tools"]}
+
+
+def test_last_detach_takes_the_tracing_down_and_the_next_attach_sets_it_up(
+        spawn, vscode, base_env, tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    target = spawn("mainloop", env={**base_env, "COUNTER_FILE": str(counter)})
+    traced = Path(f"{counter}.traced")  # the main thread's own sys.gettrace(), every 10 ms
+
+    def main_thread_says(value: str) -> bool:
+        # Twice, 50 ms apart: a value the running loop keeps writing, not a stale one.
+        return wait_for(lambda: traced.exists() and traced.read_text() == value and
+                        not wait_for(lambda: traced.read_text() != value, timeout=0.05))
+
+    assert main_thread_says("0")
+    cli = vscode("--pid", str(target.pid), "--port", "0", "--yes")
+    port = cli.port()
+    for attach in range(2):  # the second attach finds pydevd taken down, and sets it up
+        dap = DapClient(port)
+        dap.attach({MAINLOOP: [MAIN_LINE]})
+        thread, frame = _stopped_in(dap, "loop")  # the main thread, looping since it started
+        assert frame["line"] == MAIN_LINE
+        dap.set_breakpoints(MAINLOOP, [])
+        dap.request("continue", threadId=thread)
+        if sys.version_info < (3, 12):
+            assert main_thread_says("1")  # pydevd's trace function, seen from that thread
+        dap.request("disconnect", restart=False, terminateDebuggee=False)
+        dap.close()
+        assert wait_for(lambda: _debugpy(target, base_env)["debugpy_tracing"] == "off")
+        facts = _debugpy(target, base_env)
+        assert facts["debugpy"] == "ready" and facts["debugpy_left"] == []
+        assert "pydevd" not in facts["monitoring_tools"].values()  # type: ignore[union-attr]
+        assert main_thread_says("0")  # no trace function left in the running thread
+        if attach == 1:
+            assert facts["debugpy_restart_ms"] is not None

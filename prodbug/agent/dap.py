@@ -17,8 +17,15 @@ cannot desynchronise pydevd's reader or crash it with a malformed argument; the 
 stdout/stderr are never redirected (``redirectOutput`` is forced off). When VS Code's
 channel ends for any reason (VS Code detached, the operator vanished, the session
 expired) the agent sends pydevd a ``disconnect`` of its own: breakpoints are removed and
-every stopped thread resumes. The next ``prodbug vscode`` reuses the same pydevd.
-pydevd can be set up once per process: if it ever fails, the agent says so and does not
+every stopped thread resumes.
+
+Once pydevd has answered that disconnect and no VS Code has come back, the agent takes
+pydevd down (``stop_pydevd``): its trace functions (every thread's before 3.12,
+``threading.settrace``, the ``sys.settrace`` wrapper), its ``sys.monitoring`` tool (3.12+),
+its thread-start wrappers and its threads. debugpy's own answer to a debugged process that
+stays slow is to restart it: here the host runs at its own speed again after the last
+detach. The next VS Code message sets pydevd up afresh over a new socketpair (what VS Code
+sends meanwhile waits, in order). If setting it up fails, the agent says so and does not
 retry (a half set-up pydevd would trace every thread with nobody attached).
 """
 
@@ -28,20 +35,19 @@ import contextlib
 import json
 import logging
 import os
-import secrets
-import shutil
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from prodbug.agent.foreign_trace import pydevd_environment
+from prodbug.agent.foreign_trace import pydevd_environment, remove_trace_in_threads
 
 __all__ = ["DEBUGPY", "DapChannel", "DapSession", "Debugpy", "check_request", "frame",
-           "is_own_thread", "slow_tracing", "split_messages", "untraced"]
+           "is_own_thread", "slow_tracing", "split_messages", "stop_pydevd", "untraced"]
 
 _log = logging.getLogger("prodbug.agent")
 _READ = 256 * 1024
@@ -71,7 +77,7 @@ def is_own_thread(thread: threading.Thread | None = None) -> bool:
 
 def slow_tracing() -> bool:
     """Before 3.12 debugpy traces with settrace: the whole process runs several times
-    slower from the first attach until it restarts (about 3x measured here on 3.11)."""
+    slower while VS Code is attached (taken down again after the last detach)."""
     return sys.version_info < (3, 12)
 
 
@@ -170,7 +176,8 @@ def check_request(body: bytes, thread_ids: set[int] | frozenset[int] = frozenset
 
 
 class Debugpy:
-    """pydevd in this process: connected at most once, then reused by every session."""
+    """pydevd in this process: set up on the first attach, taken down again (tracing and
+    threads) when the last VS Code detaches, set up afresh on the next attach."""
 
     def __init__(self) -> None:
         self.state = "off"  # off | starting | ready | failed
@@ -182,13 +189,29 @@ class Debugpy:
         self._inbox = bytearray()
         self._own_seq = _OWN_SEQ_BASE
         self._own_requests: set[int] = set()
-        self._send_lock = threading.Lock()  # the agent thread, and the watchdog
+        self._send_lock = threading.Lock()  # the agent thread, the watchdog, our threads
         #: The session whose channel pydevd serves (a late watchdog must not detach the
         #: next session's VS Code).
         self.owner: str | None = None
         self._tried = False
         #: DAP thread ids pydevd has given out (threads replies, thread/stopped events).
         self.thread_ids: set[int] = set()
+        #: While ``state`` is ready: "on" (pydevd traces), "off" (taken down after the last
+        #: detach), or on the way: "disconnecting" (our disconnect not answered yet),
+        #: "stopping", "starting".
+        self.tracing = "off"
+        self._disconnect_seq: int | None = None
+        #: VS Code's messages that arrived while pydevd was being taken down or set up.
+        self._pending: list[bytes] = []
+        self._notify: Callable[[], None] = lambda: None
+        self._log_file = os.devnull
+        #: What taking pydevd down left behind (``facts``), and when it was done.
+        self.left: list[str] = []
+        self.stopped_at: float | None = None
+        self.stop_ms: float | None = None
+        self.rearm_ms: float | None = None
+        self._abandoned = False
+        self._restart_failed = False
 
     def ensure(self, notify: Callable[[], None], log_file: Path) -> None:
         """Connect pydevd in the background if it is not connected yet; pydevd's own
@@ -204,6 +227,7 @@ class Debugpy:
                 return
             self._tried = True
             self.state, self.error = "starting", None
+            self._notify, self._log_file = notify, str(log_file)
         untraced(threading.Thread(target=self._start, args=(notify, log_file),
                                   name="prodbug-debugpy", daemon=True)).start()
 
@@ -217,6 +241,7 @@ class Debugpy:
             self.conn = ours
             self.started_at = time.time()
             self.attach_ms = round((time.perf_counter() - started) * 1000, 1)
+            self.tracing = "on"
             self.state = "ready"
         except Exception as exc:  # reported to the operator; the host goes on
             _log.warning("debugpy did not start", exc_info=True)
@@ -269,7 +294,10 @@ class Debugpy:
         except OSError:
             data = b""
         if not data:
-            self._lost("pydevd closed its connection")
+            if conn is not self.conn or self.tracing in ("stopping", "off", "starting"):
+                self._closed_for_stop(conn)  # a pydevd that was taken down on purpose
+            else:
+                self._lost("pydevd closed its connection")
             return
         self._inbox += data
         try:
@@ -277,9 +305,15 @@ class Debugpy:
                 obj = _body(body)
                 self._note_threads(obj)
                 if obj.get("type") == "response":
+                    seq = obj.get("request_seq")
                     with self._send_lock:
-                        own = obj.get("request_seq") in self._own_requests
-                        self._own_requests.discard(obj.get("request_seq"))
+                        own = seq in self._own_requests
+                        self._own_requests.discard(seq)
+                        done = seq is not None and seq == self._disconnect_seq
+                        if done:
+                            self._disconnect_seq = None
+                    if done:
+                        self._stop_when_detached()
                     if own:
                         continue
                 yield frame(body)
@@ -302,37 +336,153 @@ class Debugpy:
                     self.thread_ids.add(ident)
 
     def send(self, message: bytes) -> None:
+        """One of VS Code's messages to pydevd; after the last detach, the first one sets
+        pydevd up again (in the background: what arrives meanwhile waits in order)."""
+        with self._send_lock:
+            if self.state == "ready" and self.tracing not in ("on", "disconnecting"):
+                if sum(map(len, self._pending)) + len(message) > MAX_DAP_MESSAGE:
+                    raise OSError("VS Code sent too much while the debugger was starting")
+                self._pending.append(message)
+                if self.tracing == "off":
+                    self._start_tracing()
+                return
+            if self.tracing == "disconnecting":  # VS Code is back before pydevd answered
+                self.tracing, self._disconnect_seq = "on", None
+            self._send(message)
+
+    def _send(self, message: bytes) -> None:
+        """(``_send_lock`` held.)"""
         conn = self.conn
         if conn is None:
             raise OSError("pydevd is not connected")
-        with self._send_lock:
-            try:
-                conn.sendall(message)
-            except OSError as exc:
-                # Part of a message may be in pydevd's stream now: nothing after it could
-                # be read right, so this debugger is done (said, never left half-working).
-                self._lost(f"pydevd stopped reading ({exc}); restart the service to debug "
-                           f"it again")
-                raise
+        try:
+            conn.sendall(message)
+        except OSError as exc:
+            # Part of a message may be in pydevd's stream now: nothing after it could be
+            # read right, so this debugger is done (said, never left half-working).
+            self._lost(f"pydevd stopped reading ({exc}); restart the service to debug it "
+                       f"again")
+            raise
 
     def release(self, owner: str | None = None) -> None:
-        """Detach the debugger: breakpoints off, every stopped thread resumes. With
-        ``owner``, only if that session still owns the debugger."""
-        if self.conn is None or (owner is not None and owner != self.owner):
+        """Detach the debugger: breakpoints off, every stopped thread resumes; once pydevd
+        has answered, its tracing is taken down (``_stop_when_detached``). With ``owner``,
+        only if that session still owns the debugger."""
+        if owner is not None and owner != self.owner:
             return
         with self._send_lock:
+            if self.tracing == "starting":  # VS Code left while pydevd was starting for it
+                self._pending.clear()
+                self._abandoned = True
+                return
+            if self.tracing in ("stopping", "off"):
+                self._pending.clear()
+                return
+            if self.conn is None:
+                return
             self._own_seq += 1
             seq = self._own_seq
             self._own_requests.add(seq)
             if len(self._own_requests) > 64:  # answers that never came: do not grow for ever
                 self._own_requests = set(sorted(self._own_requests)[-16:])
-        with contextlib.suppress(OSError):
-            self.send(frame(json.dumps({
-                "seq": seq, "type": "request", "command": "disconnect",
-                "arguments": {"restart": False, "terminateDebuggee": False}}).encode()))
+            self._disconnect_seq = seq
+            self.tracing = "disconnecting"
+            with contextlib.suppress(OSError):
+                self._send(frame(json.dumps({
+                    "seq": seq, "type": "request", "command": "disconnect",
+                    "arguments": {"restart": False, "terminateDebuggee": False}}).encode()))
+
+    def _stop_when_detached(self) -> None:
+        """pydevd answered our disconnect (breakpoints gone, threads resumed) and VS Code
+        has not come back since: take pydevd's tracing and threads down (``stop_pydevd``),
+        in a thread of ours, so that the host runs as it did before the attach."""
+        with self._send_lock:
+            if self.tracing != "disconnecting":
+                return
+            self.tracing = "stopping"
+            conn = self.conn
+        untraced(threading.Thread(target=self._stop, args=(conn,), name="prodbug-debugpy",
+                                  daemon=True)).start()
+
+    def _stop(self, conn: socket.socket | None) -> None:
+        started = time.perf_counter()
+        try:
+            if conn is not None:
+                # pydevd's reader ends on this; its writer has nothing left to say.
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_WR)
+            self.left = stop_pydevd()
+        except Exception as exc:  # the host goes on; the operator is told in facts
+            _log.warning("taking debugpy's tracing down failed", exc_info=True)
+            self.left = [f"taking debugpy down failed: {type(exc).__name__}: {exc}"]
+        self.stop_ms = round((time.perf_counter() - started) * 1000, 1)
+        self.stopped_at = time.time()
+        with self._send_lock:
+            self._inbox.clear()
+            self._own_requests.clear()
+            self.thread_ids.clear()
+            self.tracing = "off"
+            if self._pending:  # VS Code came back meanwhile
+                self._start_tracing()
+        self._notify()
+
+    def _closed_for_stop(self, conn: socket.socket) -> None:
+        with self._send_lock:
+            if self.conn is conn:
+                self.conn = None
+        conn.close()
+
+    def _start_tracing(self) -> None:
+        """Set pydevd up again for the VS Code that is attaching (``_send_lock`` held)."""
+        self.tracing, self._abandoned = "starting", False
+        untraced(threading.Thread(target=self._restart, name="prodbug-debugpy",
+                                  daemon=True)).start()
+
+    def _restart(self) -> None:
+        started = time.perf_counter()
+        ours, theirs = socket.socketpair()
+        old = self.conn
+        try:
+            with pydevd_environment(self._log_file):
+                self._connect(theirs)
+            ours.settimeout(5)
+        except Exception as exc:
+            # pydevd half set up would trace the host with nobody attached: take it down,
+            # and give the agent a connection that ends at once, so that the session
+            # ends saying why.
+            _log.warning("debugpy did not start again", exc_info=True)
+            with contextlib.suppress(Exception):
+                stop_pydevd()
+            theirs.close()
+            with self._send_lock:
+                self._pending.clear()
+                self.tracing = "on"
+                self.conn = ours
+            self.error = f"debugpy did not start again: {type(exc).__name__}: {exc}"
+            self._restart_failed = True
+            self._notify()
+            return
+        with self._send_lock:
+            self.conn = ours
+            pending, self._pending = self._pending, []
+            self.tracing = "on"
+            with contextlib.suppress(OSError):  # (said by _send)
+                for message in pending:
+                    self._send(message)
+        if old is not None and old is not ours:
+            with contextlib.suppress(OSError):
+                old.close()
+        self.rearm_ms = round((time.perf_counter() - started) * 1000, 1)
+        with self._send_lock:
+            abandoned, self._abandoned = self._abandoned, False
+        if abandoned:  # nobody is attached any more: take it down again
+            self.release()
+        self._notify()
 
     def _lost(self, why: str) -> None:
-        self.state, self.error = "failed", why
+        self.state = "failed"
+        if not self._restart_failed:
+            self.error = why
         self.close()
 
     def close(self) -> None:
@@ -349,7 +499,10 @@ class Debugpy:
 
     def facts(self) -> dict[str, Any]:
         return {"debugpy": self.state, "debugpy_since": self.started_at,
-                "debugpy_error": self.error, "debugpy_attach_ms": self.attach_ms}
+                "debugpy_error": self.error, "debugpy_attach_ms": self.attach_ms,
+                "debugpy_tracing": self.tracing if self.state == "ready" else "off",
+                "debugpy_stopped_at": self.stopped_at, "debugpy_stop_ms": self.stop_ms,
+                "debugpy_restart_ms": self.rearm_ms, "debugpy_left": list(self.left)}
 
 
 def _debugpy_file() -> str:
@@ -364,15 +517,105 @@ def _import_pydevd() -> Any:
 
     exe = os.path.basename(sys.executable or "")
     if not exe.startswith("python"):  # e.g. uwsgi: debugpy's helpers need a Python
+        import shutil  # here: with bz2 and lzma behind it, not at the host's start
+
         python = shutil.which(f"python{sys.version_info[0]}.{sys.version_info[1]}") \
             or shutil.which("python3")
         if python:
             debugpy.configure(python=python)
     debugpy.configure(subProcess=False)
+    hook = sys.breakpointhook
     import debugpy.server.api  # puts pydevd on the path, speaking DAP
     import pydevd  # type: ignore[import-not-found]
 
+    sys.breakpointhook = hook  # debugpy's would make the host's breakpoint() wait for VS Code
     return pydevd
+
+
+def _foreign(ident: int) -> bool:
+    """Whether thread ``ident`` is the host's (not prodbug's, not pydevd's own)."""
+    thread = threading._active.get(ident)  # type: ignore[attr-defined]
+    return thread is None or not (is_own_thread(thread) or
+                                  vars(thread).get("pydev_do_not_trace"))
+
+
+def stop_pydevd() -> list[str]:
+    """Undo what ``pydevd.settrace`` installed, as far as it can be undone; returns what is
+    left (empty when nothing is). Called once pydevd has answered a ``disconnect``
+    (breakpoints removed, threads resumed) and its connection is closing.
+
+    What pydevd installs, and how it goes: the ``sys.settrace`` wrapper (restored);
+    ``threading.settrace`` (cleared if it is still pydevd's); ``_thread.start_new_thread``
+    and ``threading._start_new_thread`` wrappers that trace and announce every new thread
+    (pydevd's own ``undo_patch_thread_modules``); its reader, writer, command and
+    check-alive threads, which wake ~20 times a second between them (``dispose_and_kill_all_pydevd_
+    threads``, which also forgets the global debugger). Before 3.12, a trace function in
+    every thread that was running (``remove_trace_in_threads``: each thread drops it at
+    its next event); on 3.12+, the ``sys.monitoring`` tool, its events and callbacks, and
+    the local events of the code on every stack (``stop_monitoring``).
+    """
+    pydevd = sys.modules.get("pydevd")
+    tracing = sys.modules.get("pydevd_tracing")
+    if pydevd is None or tracing is None:
+        return []
+    from _pydev_bundle import pydev_monkey  # type: ignore[import-not-found]
+
+    py_db = pydevd.get_global_debugger()
+    tracing.restore_sys_set_trace_func()
+    if sys.version_info >= (3, 12):
+        _stop_monitoring()
+    elif py_db is not None and getattr(threading.gettrace(), "__self__", None) is py_db:
+        threading.settrace(None)  # type: ignore[arg-type,unused-ignore]
+    pydev_monkey.undo_patch_thread_modules()
+    if py_db is not None:
+        py_db.dispose_and_kill_all_pydevd_threads(wait=True, timeout=2.0)
+    failed: list[int] = []
+    if sys.version_info < (3, 12):
+        idents = [ident for ident in sys._current_frames() if _foreign(ident)]
+        try:
+            failed = remove_trace_in_threads(idents)
+        except RuntimeError as exc:  # no native helper here: the threads stay traced
+            _log.warning("prodbug: debugpy's trace functions stay in the threads: %s", exc)
+            failed = idents
+    return _left_behind(py_db, failed)
+
+
+def _stop_monitoring() -> None:
+    monitoring = sys.monitoring  # type: ignore[attr-defined,unused-ignore]
+    tool = monitoring.DEBUGGER_ID
+    if monitoring.get_tool(tool) != "pydevd":
+        return
+    for top in sys._current_frames().values():  # events pydevd set on running code
+        frame: FrameType | None = top
+        while frame is not None:
+            with contextlib.suppress(ValueError):
+                monitoring.set_local_events(tool, frame.f_code, 0)
+            frame = frame.f_back
+    from _pydevd_sys_monitoring import pydevd_sys_monitoring  # type: ignore[import-not-found]
+
+    pydevd_sys_monitoring.stop_monitoring(all_threads=True)
+
+
+def _left_behind(py_db: Any, failed: list[int]) -> list[str]:
+    left = []
+    if failed:
+        left.append(f"a trace function in {len(failed)} thread(s) that could not be reached")
+    hook = threading.gettrace()
+    if hook is not None and getattr(hook, "__self__", None) is py_db:
+        left.append("threading.settrace")
+    monitoring = getattr(sys, "monitoring", None)
+    if monitoring is not None and monitoring.get_tool(monitoring.DEBUGGER_ID) == "pydevd":
+        left.append("the sys.monitoring tool")
+    import _thread
+
+    if _thread.start_new_thread is not getattr(_thread, "_original_start_new_thread",
+                                                _thread.start_new_thread):
+        left.append("_thread.start_new_thread")
+    names = [t.name for t in threading.enumerate()
+             if t.name.startswith("pydevd.") and t.name != "pydevd.CheckAliveThread"]
+    if names:
+        left.append("pydevd threads: " + ", ".join(sorted(names)))
+    return left
 
 
 #: pydevd can be set up once per process, so its state is the process's, not an agent's.
@@ -383,7 +626,7 @@ class DapChannel:
     """One VS Code connection, relayed as whole messages over the one pydevd connection."""
 
     def __init__(self) -> None:
-        self.id = secrets.token_hex(4)
+        self.id = os.urandom(4).hex()
         self.inbox = bytearray()
 
     def take(self, data: bytes) -> list[bytes]:
@@ -400,7 +643,7 @@ class DapSession:
     mode = "vscode"
 
     def __init__(self, key_id: str, key_name: str, heartbeat: float) -> None:
-        self.id = secrets.token_hex(8)
+        self.id = os.urandom(8).hex()
         self.key_id = key_id
         self.key_name = key_name
         self.opened_at = time.time()

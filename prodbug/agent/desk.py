@@ -119,8 +119,9 @@ class SessionDesk:
         if slow_tracing() and DEBUGPY.state != "ready" and ctx.args.get("confirm") is not True:
             raise SessionError(
                 f"starting debugpy on Python {sys.version.split()[0]} makes this whole "
-                f"process run several times slower (about 3x measured on 3.11) until it "
-                f"restarts; confirm to go ahead", "confirm_needed")
+                f"process run several times slower while VS Code is attached (its tracing "
+                f"is taken down after the last detach); confirm to go ahead",
+                "confirm_needed")
         session = DapSession(ctx.key.id, ctx.key.name, self.config.session_heartbeat)
         DEBUGPY.owner = session.id
         self._opened(session, ctx)

@@ -12,6 +12,10 @@ environment left as it was.
 Where the helper is missing (another platform, another architecture), ``available()``
 says why in one line and the callers fall back to what ``threading.settrace`` reaches.
 This is the one mechanism pdb uses, and the one snapshots and logpoints will use.
+
+``remove_trace_in_threads`` is the way back: after a VS Code session the agent takes
+debugpy's trace function out of every thread it had put one in (dap.py), through the same
+helper.
 """
 
 from __future__ import annotations
@@ -25,13 +29,19 @@ from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["Tracer", "available", "pydevd_environment", "set_trace_in_threads"]
+__all__ = ["Tracer", "available", "cleared_threads", "pydevd_environment",
+           "remove_trace_in_threads", "set_trace_in_threads"]
 
 Tracer = Callable[[FrameType, str, Any], Any]
 _log = logging.getLogger("prodbug.agent")
 _lock = threading.Lock()
 _helper: Any = None
 _why_not: str | None = None
+#: sys.settrace as the interpreter has it (pydevd replaces ``sys.settrace`` with a wrapper
+#: that writes warnings to stderr); set by ``remove_trace_in_threads``.
+_settrace: Callable[[Any], None] = sys.settrace
+#: Threads that have dropped their trace function since the last removal (bounded).
+_cleared: set[int] = set()
 
 
 @contextlib.contextmanager
@@ -108,4 +118,61 @@ def set_trace_in_threads(tracer: Tracer, idents: Iterable[int]) -> list[int]:
                 failed.append(ident)
         except Exception:  # a thread that ended meanwhile, or the helper's refusal
             failed.append(ident)
+    return failed
+
+
+def _untrace(frame: FrameType, event: str, arg: Any) -> None:
+    """Put in a thread by ``remove_trace_in_threads``: at that thread's next Python event it
+    takes every trace function out of the thread, itself included. One module-level object
+    so that it is never freed while it runs (``settrace(None)`` drops the thread's
+    reference to it)."""
+    _settrace(None)
+    frame.f_trace = None
+    if len(_cleared) < 100_000:
+        _cleared.add(threading.get_ident())
+
+
+def cleared_threads() -> set[int]:
+    """The idents of threads that have dropped their trace function since the last
+    ``remove_trace_in_threads``."""
+    return set(_cleared)
+
+
+def remove_trace_in_threads(idents: Iterable[int]) -> list[int]:
+    """Take the trace function out of each thread in ``idents`` (3.10/3.11), and the local
+    trace functions out of the frames on its stack; returns the idents where that failed.
+
+    A thread cannot be untraced from outside, so each is given ``_untrace`` as its trace
+    function (and its innermost frame's): it drops it, and tracing altogether, at its next
+    Python event. A thread blocked in C code does so when it returns to Python, at no cost
+    meanwhile. The calling thread is never one of them.
+    """
+    global _settrace
+    helper = _load()
+    if helper is None:
+        raise RuntimeError(_why_not or "unavailable")
+    holder = getattr(helper, "TracingFunctionHolder", None)
+    _settrace = getattr(holder, "_original_tracing", None) or sys.settrace
+    _cleared.clear()
+    frames = sys._current_frames()
+    failed = []
+    me = threading.get_ident()
+    for ident in idents:
+        frame = frames.get(ident)
+        if ident == me or frame is None:
+            continue
+        try:
+            done = helper.set_trace_to_threads(_untrace, thread_idents=[ident],
+                                               create_dummy_thread=False) == 0
+        except Exception:  # the helper's refusal
+            done = False
+        if not done:
+            if ident in sys._current_frames():  # not one that ended meanwhile
+                failed.append(ident)
+            continue
+        frame.f_trace = _untrace
+        outer = frame.f_back
+        while outer is not None:
+            outer.f_trace = None
+            outer = outer.f_back
     return failed
