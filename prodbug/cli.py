@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prodbug._version import __version__
-from prodbug.connect import DEFAULT_KEY_DIR
 from prodbug.errors import ConfigError, ProdbugError
 
 if TYPE_CHECKING:
@@ -67,7 +66,19 @@ def _connection_args(parser: argparse.ArgumentParser, *, fleet: bool = False) ->
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _keygen_args(p: Any) -> None:
+    p.add_argument("--name", default="client", help="file and key name (default: %(default)s)")
+    p.add_argument("--dir", type=Path, default=Path("~/.config/prodbug"),
+                   help="where to write (default: %(default)s)")
+    p.add_argument("--role", choices=["observer", "debugger"], default="observer",
+                   help="role written into the public certificate (default: %(default)s); "
+                        "the agent's owner decides by installing the file")
+    p.add_argument("--force", action="store_true", help="replace an existing pair")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser, with the arguments of ``command`` only (None: none)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     common.add_argument("--no-color", action="store_true", help="never colour the output")
@@ -82,20 +93,15 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, help_text: str) -> Any:
+        if name != command:  # listed in --help, but its arguments are not built
+            sub.add_parser(name, help=help_text, add_help=False)
+            return _Unbuilt()
         return sub.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES,
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               parents=[common])
 
-    p = add("keygen", "create a CURVE certificate pair (NAME.key, NAME.key_secret)")
-    p.add_argument("--name", default="client", help="file and key name (default: %(default)s)")
-    p.add_argument("--dir", type=Path, default=DEFAULT_KEY_DIR,
-                   help="where to write (default: %(default)s)")
-    p.add_argument("--role", choices=["observer", "debugger"], default="observer",
-                   help="role written into the public certificate (default: %(default)s); "
-                        "the agent's owner decides by installing the file")
-    p.add_argument("--force", action="store_true", help="replace an existing pair")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _keygen_args(add("keygen", "create a CURVE certificate pair (NAME.key, NAME.key_secret)"))
 
     p = add("info", "show who a process is and what debug machinery it has")
     _connection_args(p)
@@ -110,8 +116,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         "every local agent) at once, identical stacks grouped across them; "
                         "a process that does not answer within --timeout is named, not "
                         "waited for")
-    p.add_argument("--cpu-interval", type=float, default=0.1, metavar="SECONDS",
-                   help="how long to sample per-thread CPU (0 skips; default: %(default)s)")
+    p.add_argument("--cpu-interval", type=float, default=None, metavar="SECONDS",
+                   help="sample per-thread CPU this long (0 skips); default: over the time "
+                        "since the agent's previous dump, else a 0.05 s sample")
     p.add_argument("--locals", type=int, nargs="?", const=1, default=0, metavar="N",
                    help="show locals of the N innermost frames of each thread (default N: 1); "
                         "values are rendered without running the host's code, and names that "
@@ -159,15 +166,41 @@ def _build_parser() -> argparse.ArgumentParser:
     p = add("ps", "list a service's processes (door and members) through TARGET, or the "
                   "agents on this host with no TARGET")
     _connection_args(p)
-    from prodbug import inject, named, run
+    # These three live in modules of their own: only the one being run is imported.
+    for name, module, text in _OWN_MODULE_COMMANDS:
+        p = add(name, text)
+        if name == command:
+            import importlib
 
-    run.configure_parser(add("run", "start a command so that its Python processes (the "
-                                    "service's) start the agent, with no code change"))
-    named.configure_parser(add("targets", "list the named targets of ~/.config/prodbug/"
-                                          "config.toml; --accept NAME pins a changed agent key"))
-    inject.configure_parser(add("inject", "load the agent into a running Python process that "
-                                          "never imported it (gdb; ptrace rights needed)"))
+            importlib.import_module(module).configure_parser(p)
     return parser
+
+
+class _Unbuilt:
+    """Stands for the sub-parser of a command that is not being run: building every
+    command's arguments on each run would cost more than the command itself."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> _Unbuilt:
+        return self
+
+
+_OWN_MODULE_COMMANDS = (
+    ("run", "prodbug.run", "start a command so that its Python processes (the service's) "
+                           "start the agent, with no code change"),
+    ("targets", "prodbug.named", "list the named targets of ~/.config/prodbug/config.toml; "
+                                 "--accept NAME pins a changed agent key"),
+    ("inject", "prodbug.inject", "load the agent into a running Python process that never "
+                                 "imported it (gdb; ptrace rights needed)"),
+)
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv``: its first word that is not an option (the options
+    before it take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def _style(args: argparse.Namespace) -> Style:
@@ -185,14 +218,25 @@ def _keys(args: argparse.Namespace) -> KeyChoice:
 
 def _request(args: argparse.Namespace, cmd: str, req_args: dict[str, Any],
              fallback: bool = False) -> dict[str, Any]:
-    from prodbug.connect import connect
     from prodbug.errors import ReplyTimeout
-    from prodbug.target import resolve_target
 
     try:
+        if args.target is None and args.pid is not None:
+            # A process on this host: its ipc socket, spoken to without libzmq (zmtp.py).
+            from prodbug import registry, zmtp
+
+            notes: list[str] = []
+            endpoint = str(registry.find_entry(args.pid, notes)["endpoint"])
+            for note in notes:  # someone else's files where ours are looked for
+                print(f"prodbug: {note}", file=sys.stderr)
+            return zmtp.request(endpoint, cmd, req_args, timeout=args.timeout)
+        from prodbug.connect import connect
+
         with connect(args.target, args.pid, timeout=args.timeout, keys=_keys(args)) as conn:
             return conn.client.request(cmd, req_args)
     except ReplyTimeout as exc:
+        from prodbug.target import resolve_target
+
         target = resolve_target(args.target, args.pid)
         if not fallback or target.pid is None or target.relayed or target.scheme:
             raise
@@ -225,6 +269,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     else:
         print(f"to authorize it, the service owner copies {public.name} into the agent's "
               f"PRODBUG_AUTHORIZED_KEYS directory (role: {args.role})")
+        from prodbug.connect import DEFAULT_KEY_DIR
+
         if secret != (DEFAULT_KEY_DIR / "client.key_secret").expanduser():
             print(f"then use it with: export PRODBUG_CLIENT_SECRET_KEY={secret}")
     return 0
@@ -244,11 +290,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_stacks(args: argparse.Namespace) -> int:
     from prodbug.render import render_stacks
 
-    if not 0 <= args.cpu_interval <= 1:
+    if args.cpu_interval is not None and not 0 <= args.cpu_interval <= 1:
         raise ConfigError("--cpu-interval must be between 0 and 1 second")
     if not 0 <= args.locals <= 5:
         raise ConfigError("--locals takes 0 to 5 frames")
-    req: dict[str, Any] = {"cpu_interval": args.cpu_interval}
+    req: dict[str, Any] = {}
+    if args.cpu_interval is not None:
+        req["cpu_interval"] = args.cpu_interval
     if args.locals:
         req["locals"] = args.locals
     if args.no_redact:
@@ -275,6 +323,8 @@ def _cmd_stacks(args: argparse.Namespace) -> int:
 def _expand_fleet(items: list[str], timeout: float) -> list[str]:
     """Named groups become their members, and ``kube://...label:SELECTOR`` the pods it
     selects (kubectl asked once); every other TARGET stands for itself."""
+    if not items:
+        return []
     from prodbug import named
 
     out: list[str] = []
@@ -446,7 +496,8 @@ _COMMANDS = {"keygen": _cmd_keygen, "info": _cmd_info, "stacks": _cmd_stacks,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see ``prodbug --help``)."""
-    parser = _build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _build_parser(_command_word(argv))
     args = parser.parse_args(argv)
     if args.command in ("pdb", "vscode"):
         # A terminated session CLI (kill, a closed terminal) ends its session as Ctrl-C does.
@@ -455,9 +506,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGHUP, signal.default_int_handler)
     try:
         if getattr(args, "timeout", 0) is None:  # not given: the named target's, else 5 s
-            from prodbug.named import default_timeout
+            args.timeout = 5.0  # connect.DEFAULT_TIMEOUT, not imported for local requests
+            if getattr(args, "target", None):
+                from prodbug.named import default_timeout
 
-            args.timeout = default_timeout(getattr(args, "target", None))
+                args.timeout = default_timeout(args.target, args.timeout)
         return _COMMANDS[args.command](args)
     except ProdbugError as exc:
         if args.debug:

@@ -113,10 +113,10 @@ def _carrier(target: Target, timeout: float) -> Carrier | None:
 def _named(text: str | None, keys: KeyChoice) -> tuple[str | None, KeyChoice, float | None]:
     """A configured name wins over a host of that name: its address, keys (the agent's
     pinned) and timeout; explicit ``keys`` still win over the config's."""
-    from prodbug import named
-
     if not text or "://" in text or ":" in text or text.isdigit():
         return text, keys, None
+    from prodbug import named
+
     if not named.might_be_name(text):
         try:
             resolve_target(text)

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import json
 import math
 import os
 import re
 import stat
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,11 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from prodbug.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # 3.10: the same parser, from PyPI (a dependency there only, so mypy may lack it)
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = [
     "CONFIG_ENV",
@@ -203,6 +196,8 @@ def _parse_target(path: Path, name: str, table: object) -> NamedTarget:
         raise ConfigError(f'{where} must be a table: [targets.{name}] with address = "..."')
     for key, value in table.items():
         if key not in SETTINGS:
+            import difflib
+
             hint = difflib.get_close_matches(key, SETTINGS, n=1)
             extra = f' (did you mean "{hint[0]}"?)' if hint else ""
             if isinstance(value, dict):
@@ -282,6 +277,10 @@ def load_config(path: Path | None = None) -> NamedConfig:
         if explicit:
             raise ConfigError(f"config file {path} does not exist (check {CONFIG_ENV})")
         return NamedConfig(path)
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # 3.10: the same parser, from PyPI (a dependency there only)
+        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -315,6 +314,8 @@ def resolve_group(name: str) -> list[str] | None:
 def near_names(name: str, config: NamedConfig | None = None) -> list[str]:
     """Configured target and group names close to ``name`` (for "did you mean")."""
     config = config if config is not None else load_config()
+    import difflib
+
     return difflib.get_close_matches(name, [*config.targets, *config.groups], n=2, cutoff=0.75)
 
 
@@ -359,6 +360,8 @@ def _write_pins(pins: Path, entries: dict[str, str]) -> None:
              "# Change one only with: prodbug targets --accept NAME"]
     lines += [f"{name} {fingerprint(key)} {key}" for name, key in sorted(entries.items())]
     try:
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(prefix=f".{PINS_FILE}.", dir=pins.parent)  # mode 0600
     except OSError as exc:
         raise ConfigError(f"cannot write {pins} (where agent keys are pinned): "
