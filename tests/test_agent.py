@@ -104,7 +104,7 @@ def test_start_twice_restart_and_clean_exit(agent_env: dict[str, str], runtime_d
 
 
 def test_forked_child_runs_its_own_agent(spawn, agent_env: dict[str, str],
-                                         base_env: dict[str, str]) -> None:
+                                         base_env: dict[str, str], keys: Keys) -> None:
     target = spawn("forking", env=agent_env)
     child = target.facts["child"]
     assert target.facts["child_tcp"] is None  # the parent keeps the TCP port
@@ -116,6 +116,18 @@ def test_forked_child_runs_its_own_agent(spawn, agent_env: dict[str, str],
     assert proc["pid"] == child
     worker = next(t for t in proc["threads"] if t["name"] == "child-worker")
     assert worker["frames"][0]["function"] == "child_loop"
+    # The parent still answers after the fork, over ipc and over the TCP port it kept, as
+    # itself (not as the child, whose thread it does not have).
+    result = run_cli("stacks", "--pid", str(target.pid), "--json", env=base_env)
+    assert result.returncode == 0, result.stderr
+    (parent,) = json.loads(result.stdout)["processes"]
+    assert parent["pid"] == target.pid
+    assert "child-worker" not in {t["name"] for t in parent["threads"]}
+    tcp_env = {**base_env, "PRODBUG_CLIENT_SECRET_KEY": str(keys.observer),
+               "PRODBUG_SERVER_KEY": str(keys.server_public)}
+    result = run_cli("info", target.tcp.removeprefix("tcp://"), "--json", env=tcp_env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["pid"] == target.pid
     assert stop_target(target) == 0
 
 

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from conftest import Keys, Target, run_cli
 
 from prodbug.keys import load_certificate
@@ -142,6 +143,49 @@ def test_roles_observer_is_denied_debugger_commands(spawn, agent_env, base_env,
     assert [(r["key"], r["cmd"], r["outcome"], r["pid"]) for r in records] == [
         ("alice", "audit", "forbidden", target.pid)]
     assert float(records[0]["duration_ms"]) >= 0 and records[0]["time"]
+
+
+#: Arguments that would be valid for a debugger key: the refusal must be about the role.
+_DEBUGGER_ARGS: dict[str, dict[str, object]] = {
+    "audit": {},
+    "pdb.open": {"thread": "worker-0"},
+    "session.input": {"session": "s1", "data": "p 1\n"},
+    "session.ping": {"session": "s1"},
+    "session.close": {"session": "s1"},
+    "dap.open": {"confirm": True},
+    "dap.connect": {"session": "s1"},
+    "dap.send": {"session": "s1", "data": ""},
+    "dap.disconnect": {"session": "s1"},
+}
+
+
+def test_an_observer_key_is_refused_every_debugger_command(spawn, agent_env, keys: Keys) -> None:
+    """Every command the protocol reserves for debuggers, and unredacted locals, are refused
+    to an observer before anything runs: no session opens, no debugpy starts."""
+    from prodbug.client import Client, Credentials
+    from prodbug.errors import AuthError
+    from prodbug.protocol import COMMANDS
+
+    target = spawn("threads", "--threads", "1", env=agent_env)
+    debugger_only = sorted(c for c, role in COMMANDS.items() if role == "debugger")
+    assert debugger_only == sorted(_DEBUGGER_ARGS)  # a new command needs a line here
+    server = load_certificate(keys.server_public).public_key
+    with Client(target.tcp, Credentials(load_certificate(keys.observer), server),
+                timeout=20) as observer:
+        for cmd in debugger_only:
+            with pytest.raises(AuthError, match="needs the debugger role"):
+                observer.request(cmd, _DEBUGGER_ARGS[cmd])
+        with pytest.raises(AuthError, match="debugger role"):
+            observer.request("stacks", {"cpu_interval": 0, "locals": 1, "redact": False})
+        info = observer.request("info")  # alive, answering, and nothing was opened
+    assert info["agent"]["debugpy"] == "off", info
+    assert not info["debug"]["trace_function"] and not info["debug"]["monitoring_tools"], info
+    with Client(target.tcp, Credentials(load_certificate(keys.debugger), server),
+                timeout=20) as debugger:
+        records = debugger.request("audit", {"limit": 50})["records"]
+    refused = [(r["cmd"], r["outcome"]) for r in records if r["key"] == "alice"]
+    assert refused[:len(debugger_only) + 1] == [
+        *((c, "forbidden") for c in debugger_only), ("stacks", "forbidden")]
 
 
 def test_cli_errors_are_one_line_with_exit_codes(base_env, tmp_path: Path, keys: Keys) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import zmq.auth
 from prodbug.errors import ConfigError
 from prodbug.keys import (
     load_authorized_keys,
+    load_certificate,
     load_secret_certificate,
     parse_server_key,
     write_certificate_pair,
@@ -31,7 +33,12 @@ def test_keygen_refuses_to_clobber(tmp_path: Path) -> None:
     write_certificate_pair(tmp_path, "ops")
     with pytest.raises(ConfigError, match="--force"):
         write_certificate_pair(tmp_path, "ops")
-    write_certificate_pair(tmp_path, "ops", force=True)
+    before = load_secret_certificate(tmp_path / "ops.key_secret")
+    public, secret = write_certificate_pair(tmp_path, "ops", force=True)
+    after = load_secret_certificate(secret)
+    assert after.public_key != before.public_key and after.secret_key != before.secret_key
+    assert load_certificate(public).public_key == after.public_key  # the pair matches
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
 
 
 def test_secret_readable_by_others_is_refused_with_the_fix(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from conftest import Keys, wait_for
 
 from prodbug.client import Client, Credentials
 from prodbug.errors import AuthError, RemoteError
-from prodbug.keys import load_certificate
+from prodbug.keys import fingerprint, load_certificate
 
 
 @pytest.fixture
@@ -68,6 +68,16 @@ def test_bad_input_never_stops_the_agent_or_the_host(host, keys: Keys) -> None:
     finally:
         ctx.term()
     assert still_working()
+    # What docs/security.md says of both: the stranger's refusal is audited as `denied`
+    # with its fingerprint; the client without CURVE never reaches the key check and
+    # leaves no record. The agent answers meanwhile.
+    stranger_id = fingerprint(load_certificate(keys.stranger).public_key)
+    with Client(target.tcp, _credentials(keys, keys.debugger), timeout=30) as admin:
+        records = admin.request("audit", {"limit": 100})["records"]
+    assert [(r["event"], r["key"]) for r in records if r["event"] != "request"] == [
+        ("denied", stranger_id)], records
+    admin_id = fingerprint(load_certificate(keys.debugger).public_key)
+    assert {r["key_id"] for r in records if r["event"] == "request"} <= {admin_id}, records
 
     with Client(target.tcp, observer, timeout=30) as client:
         garbage = _reply(client, b"\x00\xffgarbage")
