@@ -212,6 +212,25 @@ def free_port() -> int:
     raise RuntimeError("no free port below the ephemeral range")
 
 
+def stop_process(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until every one of its threads has stopped. One thread takes
+    the signal and the others stop when it runs: on a loaded host that can be milliseconds
+    later, time enough for another thread (the agent's) to act on something."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped() -> bool:
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                stat = (task / "stat").read_text()
+                if stat[stat.rindex(")") + 2] not in "Tt":
+                    return False
+        except FileNotFoundError:  # a thread (or the process) gone meanwhile: look again
+            return not Path(f"/proc/{pid}").exists()
+        return True
+
+    assert wait_for(stopped, 10), f"process {pid} did not stop"
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

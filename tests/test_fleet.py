@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import Keys, Target
+from conftest import Keys, Target, stop_process
 
 
 def _closed_port() -> int:
@@ -26,7 +26,7 @@ def test_fleet_of_twenty_with_two_unreachable_and_one_hanging(
     fleet = spawn("fleet", env={**agent_env, "FLEET_SIZE": "18"})
     agents = fleet.facts["agents"]
     hanging = agents[-1]
-    os.kill(hanging["pid"], signal.SIGSTOP)
+    stop_process(hanging["pid"])
     targets = [a["tcp"] for a in agents]
     unreachable = [f"127.0.0.1:{_closed_port()}", f"127.0.0.1:{_closed_port()}"]
     listed = tmp_path / "targets.txt"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pexpect
 import pytest
-from conftest import TARGETS, Keys, Target, free_port, run_cli, wait_for
+from conftest import TARGETS, Keys, Target, free_port, run_cli, stop_process, wait_for
 from dapclient import DapClient
 
 from prodbug.client import Client, Credentials
@@ -199,7 +199,7 @@ def test_pid_that_is_not_a_member(three: Service, keys: Keys, which: str) -> Non
 
 def test_a_hung_member_is_named_not_awaited(three: Service, keys: Keys) -> None:
     door, hung, other = three.processes
-    os.kill(hung.pid, signal.SIGSTOP)
+    stop_process(hung.pid)
     try:
         done = three.cli("stacks", three.address, "--all", "--json", "--cpu-interval", "0",
                          "--timeout", "3", key=keys.observer)
@@ -308,7 +308,7 @@ def test_door_killed_during_all(three: Service, keys: Keys) -> None:
     import sys
 
     door, first, second = three.processes
-    os.kill(door.pid, signal.SIGSTOP)  # it holds the request, then dies with it
+    stop_process(door.pid)  # it holds the request, then dies with it
     cli = subprocess.Popen([sys.executable, "-m", "prodbug", "stacks", three.address, "--all",
                             "--json", "--cpu-interval", "0", "--timeout", "5"],
                            env=three.client_env(keys.observer), stdout=subprocess.PIPE,
@@ -336,7 +336,7 @@ def test_door_killed_during_all(three: Service, keys: Keys) -> None:
 def test_all_without_a_target_asks_every_local_agent(spawn: Callable[..., Target],
                                                      base_env: dict[str, str]) -> None:
     a, b = spawn("member", env=base_env), spawn("member", env=base_env)
-    os.kill(b.pid, signal.SIGSTOP)  # one that cannot answer is named, not awaited
+    stop_process(b.pid)  # one that cannot answer is named, not awaited
     try:
         done = run_cli("stacks", "--all", "--json", "--cpu-interval", "0", "--timeout", "3",
                        env=base_env)

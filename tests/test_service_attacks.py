@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import test_service
-from conftest import Keys, wait_for
+from conftest import Keys, stop_process, wait_for
 from test_service import Service
 
 from prodbug import protocol
@@ -131,7 +131,7 @@ def _answered_by(service: Service, credentials: Credentials) -> int | None:
 
 @contextmanager
 def _stopped(pid: int) -> Iterator[None]:
-    os.kill(pid, signal.SIGSTOP)
+    stop_process(pid)
     try:
         yield
     finally:
