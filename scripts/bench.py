@@ -306,7 +306,7 @@ def _rates(path: Path, since: float, until: float) -> list[float]:
     return out
 
 
-def pdb_sessions(env: dict[str, str], work: Path, sessions: int) -> None:
+def pdb_sessions(env: dict[str, str], work: Path, sessions: int) -> dict[str, float]:
     import pexpect
 
     spin = ROOT / "tests" / "targets" / "spin.py"
@@ -320,10 +320,12 @@ def pdb_sessions(env: dict[str, str], work: Path, sessions: int) -> None:
     try:
         time.sleep(2.5)
         before = _rates(rate_file, time.perf_counter() - 2.0, time.perf_counter())
+        t_arm = time.perf_counter()
         armed_child = pexpect.spawn(sys.executable, [
-            "-m", "prodbug", "pdb", "--pid", str(pid), "--break", f"spin.py:{never}"],
-            env=env, encoding="utf-8", timeout=60)
+            "-m", "prodbug", "pdb", "--pid", str(pid), "--break", f"spin.py:{never}",
+            "--timeout", "60"], env=env, encoding="utf-8", timeout=90)
         armed_child.expect("waiting for a thread to reach it")
+        arm_ms = (time.perf_counter() - t_arm) * 1000
         start_armed = time.perf_counter() + 0.5
         time.sleep(2.5)
         armed = _rates(rate_file, start_armed, time.perf_counter())
@@ -353,6 +355,8 @@ def pdb_sessions(env: dict[str, str], work: Path, sessions: int) -> None:
     print(f"   host loop relative to before ({base / 1e6:.2f} M it/s): armed, not hit "
           f"{statistics.median(armed) / base:.3f} | after the sessions "
           f"{statistics.median(after) / base:.3f}")
+    return {"to_prompt_ms": statistics.median(to_prompt), "first_arm_ms": arm_ms, "before": base,
+            "armed": statistics.median(armed) / base, "after": statistics.median(after) / base}
 
 
 def service_fanout(env: dict[str, str], creds: Credentials, rounds: int, size: int = 16) -> None:

@@ -3,7 +3,8 @@
 Thread ``worker-I`` runs ``KINDS[I % 3]``: ``sleeper`` (time.sleep), ``lock_waiter``
 (a Lock that is never released) or ``selector`` (select on a pipe that stays empty).
 A ``counter`` thread writes an ever-growing number to $COUNTER_FILE, so tests can see
-the host keep working. ``--spin`` adds a thread spinning in pure Python.
+the host keep working. ``--spin`` adds a thread spinning in pure Python; with $RATE_FILE
+it appends its loop rate to that file every 0.1 s (scripts/bench).
 Prints ``READY {json}`` once every thread is in place.
 """
 
@@ -42,9 +43,20 @@ def selector(ready: threading.Event) -> None:
 
 def spinner(ready: threading.Event) -> None:
     ready.set()
+    rate_file = os.environ.get("RATE_FILE")  # scripts/bench: how much the host gets done
     n = 0
+    if not rate_file:
+        while True:
+            n += 1
+    mark, start = 0, time.perf_counter()
     while True:
         n += 1
+        if n % 100_000 == 0:
+            now = time.perf_counter()
+            if now - start >= 0.1:
+                with open(rate_file, "a") as f:
+                    f.write(f"{now} {(n - mark) / (now - start)}\n")
+                mark, start = n, now
 
 
 def counter(path: str) -> None:
