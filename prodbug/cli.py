@@ -57,7 +57,7 @@ def _connection_args(parser: argparse.ArgumentParser, *, fleet: bool = False) ->
     parser.add_argument("--pid", type=int, help=PID_HELP)
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="how long to wait for the agent (default: the named target's "
-                             "timeout, else 5)")
+                             "timeout, else 5; 15 for pdb and vscode)")
     parser.add_argument("--key", metavar="PATH", help="your secret certificate "
                         "(default: $PRODBUG_CLIENT_SECRET_KEY, else ~/.config/prodbug/"
                         "client.key_secret)")
@@ -506,7 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGHUP, signal.default_int_handler)
     try:
         if getattr(args, "timeout", 0) is None:  # not given: the named target's, else 5 s
-            args.timeout = 5.0  # connect.DEFAULT_TIMEOUT, not imported for local requests
+            # connect.DEFAULT_TIMEOUT (not imported for local requests); opening pdb or
+            # VS Code may first load the debugger into a busy process: on 3.10/3.11 with a
+            # spinning thread, pydevd's tracing helper alone takes ~4.5 s to import.
+            args.timeout = 15.0 if args.command in ("pdb", "vscode") else 5.0
             if getattr(args, "target", None):
                 from prodbug.named import default_timeout
 

@@ -488,7 +488,6 @@ def _plant_config(as_other: Callable[..., subprocess.Popen[str]], other_user: Ot
 
 # -- (4) a tunnel that dies under a pdb session ---------------------------------------------
 
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="pdb --thread needs sys.monitoring")
 def test_ssh_killed_under_pdb_ends_the_cli_and_the_thread_resumes(sshd: Sshd, service: Target,
                                                                   ssh_env, cli) -> None:
     child = cli("pdb", sshd.url, "--pid", str(service.pid), "--thread", "worker",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -88,7 +87,6 @@ def test_stacks_through_the_process_socket(sshd: Sshd, service: Target, ssh_env,
     assert list(cli_tmp.iterdir()) == []  # the forwarded socket's private dir is gone
 
 
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="pdb --thread needs sys.monitoring")
 def test_pdb_session_through_ssh(sshd: Sshd, service: Target, ssh_env, cli,
                                  no_ssh_left) -> None:
     child = cli("pdb", sshd.url, "--pid", str(service.pid), "--thread", "worker", env=ssh_env)
@@ -106,7 +104,6 @@ def test_pdb_session_through_ssh(sshd: Sshd, service: Target, ssh_env, cli,
     assert still_counting(service)
 
 
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="pdb --thread needs sys.monitoring")
 def test_sigkill_of_the_cli_leaves_no_ssh_and_the_thread_resumes(sshd: Sshd, service: Target,
                                                                  ssh_env, cli, *, cli_tmp: Path,
                                                                  no_ssh_left) -> None:
