@@ -51,9 +51,10 @@ GAPS = {
                 "json, the renderer: libzmq is not loaded for a local process) and the dump",
     "cli_spin": "the same floor; and the agent's dump waits for the GIL behind the spinning "
                 "thread (up to one 5 ms switch interval per hand-off)",
-    "lost": "the agent holds the GIL while it walks and analyses 52 threads (a few ms of "
-            "CPU); py-spy stops the whole process for about as long. Per dump, on a host "
-            "that spins, they are the same order",
+    "lost": "the agent holds the GIL for the whole dump (52 threads' frames, what each "
+            "waits on, grouping, encoding the reply: several ms of CPU, and each GIL "
+            "hand-off can cost the spinner more); py-spy copies the stacks out of a process "
+            "it stops for 2-5 ms",
     "p99": "each GIL hand-off costs up to one switch interval (5 ms) while a thread spins, "
            "and a dump needs at least the wake-up from poll and the send (see the hand-offs "
            "and `ping` beside it); the slowest 1% also meet this 2-CPU machine's scheduling",
