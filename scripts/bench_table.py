@@ -64,8 +64,9 @@ GAPS = {
              "has the last two loaded already: the next row",
     "throughput_idle": "within this machine's noise (the same rounds swing by several "
                        "percent with nothing changed between them)",
-    "throughput_stacks": "one 52-thread dump a second holds the GIL for a few ms of it; "
-                         "within this machine's noise of several percent besides",
+    "throughput_stacks": "one 52-thread dump a second holds the GIL for a few ms of it "
+                         "(1-2%); the rest is not explained yet (0.87-0.97 in three runs "
+                         "on 2026-11-30, where an idle agent read 1.04-1.05)",
 }
 for _v in ("3.10", "3.11", "3.12", "3.13"):
     GAPS[f"pdb_after_{_v}"] = (
