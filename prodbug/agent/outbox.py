@@ -28,21 +28,22 @@ def _load_zmq_send() -> Any:
     """libzmq's ``zmq_send`` called through ``ctypes.PyDLL``, which keeps the GIL: pyzmq
     gives the GIL away around every frame it sends, and while a host thread spins each
     release costs the agent a switch interval (5 ms) to get it back. A non-blocking send
-    on a ROUTER never waits (a full pipe says EAGAIN). The very libzmq pyzmq loaded, found
-    in this process's mappings; None (pyzmq's own send) when it cannot be found."""
+    on a ROUTER never waits (a full pipe says EAGAIN).
+
+    The symbol is looked up through pyzmq's own backend module, so it is the libzmq that
+    pyzmq's sockets belong to (linked in, or a library it loaded), never another libzmq
+    the host may have loaded too. None (pyzmq's own send) when it cannot be found."""
     import ctypes  # on the first reply, not at the host's start
+    import importlib
 
     try:
-        with open("/proc/self/maps", "rb") as maps:
-            paths = {line.split()[-1] for line in maps if b"/libzmq" in line}
-        if len(paths) != 1:
-            return None
-        lib = ctypes.PyDLL(paths.pop().decode(), use_errno=True)
+        backend = importlib.import_module("zmq.backend.cython._zmq")
+        lib = ctypes.PyDLL(backend.__file__, use_errno=True)
         send = lib.zmq_send
         send.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
         send.restype = ctypes.c_int
         lib.zmq_errno.restype = ctypes.c_int
-    except (OSError, AttributeError, IndexError):
+    except (ImportError, OSError, AttributeError, TypeError):
         return None
     return lib
 
