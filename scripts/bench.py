@@ -39,11 +39,8 @@ from prodbug.keys import load_certificate, write_certificate_pair
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "tests" / "targets" / "threads.py"
 
-LOOP = r"""
-import json, sys, time
-import prodbug
-from prodbug.agent import start_agent
-
+#: The host's pure-Python loop, for the throughput figures (the code of a host process).
+WORK = r"""
 def work(seconds):
     n = 0
     end = time.perf_counter() + seconds
@@ -51,6 +48,13 @@ def work(seconds):
         for _ in range(1000):
             n += 1
     return n / seconds
+"""
+
+LOOP = r"""
+import json, sys, time
+import prodbug
+from prodbug.agent import start_agent
+""" + WORK + r"""
 
 rounds, seconds = int(sys.argv[1]), float(sys.argv[2])
 without, with_agent = [], []
@@ -226,7 +230,11 @@ def _spin(env: dict[str, str], rate_file: Path) -> tuple[subprocess.Popen[str], 
                             stdout=subprocess.PIPE, text=True,
                             env={**env, "PRODBUG_LISTEN": "", "RATE_FILE": str(rate_file)})
     assert proc.stdout is not None
-    return proc, int(json.loads(proc.stdout.readline()[len("READY "):])["pid"])
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        stop(proc)
+        raise SystemExit(f"the spin target failed to start: {line!r}")
+    return proc, int(json.loads(line[len("READY "):])["pid"])
 
 
 def _window(rate_file: Path, seconds: float = 2.0) -> float:
@@ -237,64 +245,15 @@ def _window(rate_file: Path, seconds: float = 2.0) -> float:
 
 
 def vscode_sessions(env: dict[str, str], work: Path, sessions: int) -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from dapclient import DapClient
+    import bench_vscode  # it imports this module: here, not at the top
 
-    rate_file = work / "rate-vscode"
-    proc, pid = _spin(env, rate_file)
-    spin = ROOT / "tests" / "targets" / "spin.py"
-    never = next(n for n, t in enumerate(spin.read_text().splitlines(), 1)
-                 if "interpreter shutting down" in t) + 1
     print(f"\n6. prodbug vscode: {sessions} sessions (initialize, attach, breakpoint, "
           f"configurationDone, disconnect)")
-    times: list[float] = []
-    set_up_ms = None
-    try:
-        time.sleep(0.5)
-        before = _window(rate_file)
-        during: list[float] = []
-        for n in range(sessions):
-            t0 = time.perf_counter()
-            cli = subprocess.Popen([sys.executable, "-m", "prodbug", "vscode", "--pid", str(pid),
-                                    "--port", "0", "--yes"], env=env, text=True,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            assert cli.stderr is not None
-            port, said = 0, []
-            for line in cli.stderr:
-                said.append(line)
-                if "ready: attach VS Code to 127.0.0.1:" in line:
-                    port = int(line.split("127.0.0.1:")[1].split()[0])
-                    break
-            if not port:
-                raise SystemExit("prodbug vscode did not get ready:\n" + "".join(said))
-            dap = DapClient(port)
-            dap.request("initialize", clientID="vscode", adapterID="debugpy",
-                        pathFormat="path", linesStartAt1=True, columnsStartAt1=True)
-            attach = dap.send("attach", justMyCode=False)
-            dap.event("initialized")
-            times.append((time.perf_counter() - t0) * 1000)
-            dap.set_breakpoints(str(spin), [never])
-            dap.request("configurationDone")
-            dap.response(attach)
-            if n == 0:
-                during.append(_window(rate_file))
-                info = subprocess.run([sys.executable, "-m", "prodbug", "info", "--pid",
-                                       str(pid), "--json"], env=env, capture_output=True,
-                                      text=True, check=True).stdout
-                set_up_ms = json.loads(info)["agent"].get("debugpy_attach_ms")
-            dap.request("disconnect", restart=False, terminateDebuggee=False)
-            dap.close()
-            cli.terminate()  # like Ctrl-C: the CLI closes its session first
-            cli.wait(10)
-            cli.stderr.close()
-        after = _window(rate_file)
-    finally:
-        stop(proc)
-    print(f"   command to initialized: first {times[0]:.0f} ms (starts debugpy; of which "
-          f"setting up pydevd in the host: {set_up_ms} ms), then median "
-          f"{statistics.median(times[1:] or times):.0f} ms")
-    print(f"   host loop, relative to before: during {during[0] / before:.3f}, "
-          f"after {after / before:.3f} ({before / 1e6:.2f} M it/s before)")
+    m = bench_vscode.measure(env, work, sessions)
+    print(f"   command to initialized: first {m['first_attach_ms']} ms (starts debugpy), "
+          f"then median {m['later_attach_ms']} ms")
+    print(f"   host loop, relative to before: during {m['during_ratio']:.3f}, after "
+          f"{m['after_ratio']:.3f} ({m['before'] / 1e6:.2f} M it/s before)")
 
 
 def _rates(path: Path, since: float, until: float) -> list[float]:

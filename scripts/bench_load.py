@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import stop  # scripts/ is this script's directory
+
 from prodbug.client import Client
 
 __all__ = ["measure"]
@@ -81,15 +83,7 @@ def _run(env: dict[str, str], requests: int, spin: bool,
                 out["ping"].append((time.perf_counter() - t0) * 1000)
         return out
     finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop(proc)
 
 
 def measure(env: dict[str, str], requests: int, *,

@@ -94,14 +94,7 @@ with Client(sys.argv[1], timeout=10) as c:
         time.sleep(1.0)
 '''
 
-def work(seconds):
-    n = 0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        for _ in range(1000):
-            n += 1
-    return n / seconds
-
+""" + bench.WORK + r"""
 rounds, seconds = int(sys.argv[1]), float(sys.argv[2])
 out = {"none": [], "idle": [], "stacks": []}
 for _ in range(rounds):

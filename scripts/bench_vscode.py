@@ -37,42 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import _rates, _spin, stop  # scripts/ is this script's directory
+
 ROOT = Path(__file__).resolve().parent.parent
 SPIN = ROOT / "tests" / "targets" / "spin.py"
-
-
-def _spin(env: dict[str, str], rate_file: Path) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, str(SPIN)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True,
-                            env={**env, "PRODBUG_LISTEN": "", "RATE_FILE": str(rate_file)})
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("READY "):
-        proc.kill()
-        proc.wait(10)
-        raise SystemExit(f"the spin target failed to start: {line!r}")
-    return proc, int(json.loads(line[len("READY "):])["pid"])
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.stdin:
-        proc.stdin.close()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    if proc.stdout:
-        proc.stdout.close()
-
-
-def _rates(path: Path, since: float, until: float) -> list[float]:
-    out = []
-    for line in path.read_text().splitlines():
-        stamp, rate = line.split()
-        if since <= float(stamp) <= until:
-            out.append(float(rate))
-    return out
 
 
 def _window(rate_file: Path, control_file: Path, seconds: float = 3.0) -> tuple[float, float]:
@@ -169,9 +137,9 @@ def measure(env: dict[str, str], work: Path, sessions: int) -> dict[str, Any]:
             facts = _settled(env, pid)  # the agent takes debugpy down after the last detach
             after = _window(rate_file, control_file)
         finally:
-            _stop(proc)
+            stop(proc)
     finally:
-        _stop(control)
+        stop(control)
 
     def ratio(window: tuple[float, float]) -> float:
         return round((window[0] / window[1]) / (before[0] / before[1]), 3)
@@ -233,7 +201,7 @@ def idle_wakeups(env: dict[str, str], work: Path, seconds: float = 5.0) -> dict[
         time.sleep(1.0)
         after = rate()
     finally:
-        _stop(proc)
+        stop(proc)
     return {"switches_per_s_before": before[0], "threads_before": before[1],
             "switches_per_s_after": after[0], "threads_after": after[1]}
 
