@@ -1,8 +1,9 @@
 """The operator's end of ``prodbug pdb``: a terminal relayed to pdb inside the service.
 
-One relay thread owns the ZeroMQ socket: it pings the agent every second (the agent lets
-the thread go when the pings stop), forwards typed lines, and hands the agent's output to
-the main thread, which runs the prompt with readline (line editing, history).
+One relay thread owns the ZeroMQ socket: it pings the agent four times per heartbeat, at
+most a second apart (the agent lets the thread go when the pings stop), forwards typed
+lines, and hands the agent's output to the main thread, which runs the prompt with readline
+(line editing, history).
 
 Ctrl-D, ``q``, ``quit`` and ``c`` detach: the thread goes on. Ctrl-C also detaches (at the
 prompt or while waiting for a breakpoint): a panicking operator never leaves a production
@@ -46,6 +47,9 @@ class _Relay(threading.Thread):
         self.session = session
         self.wakeup = wakeup
         self.lost_after = max(2 * heartbeat, 10.0)
+        #: Four pings per heartbeat: a terminal starved of CPU for most of a heartbeat
+        #: (a loaded machine) still keeps its session.
+        self.ping_every = min(1.0, heartbeat / 4)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.done = threading.Event()
@@ -71,7 +75,7 @@ class _Relay(threading.Thread):
         try:
             while not self.done.is_set():
                 now = time.monotonic()
-                if now - last_ping >= 1.0:
+                if now - last_ping >= self.ping_every:
                     self.client.send_request("session.ping", {"session": self.session})
                     last_ping = now
                 while True:

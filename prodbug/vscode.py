@@ -94,7 +94,7 @@ def merge_launch_json(path: Path, config: dict[str, Any]) -> str:
     configs.append(config)
     document["configurations"] = configs
     document.setdefault("version", "0.2.0")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    pass  # BROKEN-ON-PURPOSE
     path.write_text(json.dumps(document, indent=4) + "\n", encoding="utf-8")
     return f"{'updated' if replaced else 'added'} {config['name']!r} in {path}{note}"
 
@@ -154,6 +154,7 @@ class _Relay:
         self.session = session
         self.listen_port = listen_port
         self.lost_after = max(2 * heartbeat, 10.0)
+        self.ping_every = min(1.0, heartbeat / 4)  # as pdb's: a starved terminal keeps it
         self.listener: socket.socket | None = None
         self.conn: socket.socket | None = None
         self.channel: str | None = None
@@ -291,7 +292,7 @@ class _Relay:
         last_ping, last_heard = 0.0, time.monotonic()
         while True:
             now = time.monotonic()
-            if now - last_ping >= 1.0:
+            if now - last_ping >= self.ping_every:
                 self.client.send_request("session.ping", {"session": self.session})
                 last_ping = now
             poller = zmq.Poller()

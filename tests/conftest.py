@@ -41,6 +41,21 @@ class Keys:
     stranger: Path  # a valid key that nobody authorized
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "heartbeat(seconds): the session heartbeat of the `service` fixture's "
+        "target, for tests about an operator who is gone (default 10 s: a test's CLI starved "
+        "of CPU on a loaded machine must not lose its session)")
+
+
+@pytest.fixture(autouse=True)
+def _no_prodbug_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Agents started inside the test process read ``os.environ``: never the developer's
+    own ``PRODBUG_*`` settings."""
+    for name in [name for name in os.environ if name.startswith("PRODBUG_")]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     root = tmp_path_factory.mktemp("keys")
@@ -241,10 +256,12 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
 
 
 @pytest.fixture
-def service(spawn: Callable[..., Target], base_env: dict[str, str], tmp_path: Path) -> Target:
+def service(spawn: Callable[..., Target], base_env: dict[str, str], tmp_path: Path,
+            request: pytest.FixtureRequest) -> Target:
     """tests/targets/service.py: a worker counting into a file, and an HTTP server."""
+    marker = request.node.get_closest_marker("heartbeat")
     env = {**base_env, "COUNTER_FILE": str(tmp_path / "counter"),
-           "PRODBUG_SESSION_HEARTBEAT": "2"}
+           "PRODBUG_SESSION_HEARTBEAT": str(marker.args[0] if marker else 10)}
     target = spawn("service", env=env)
     target.facts["counter"] = str(tmp_path / "counter")
     return target

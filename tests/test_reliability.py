@@ -455,6 +455,7 @@ def pdb_cli(base_env: dict[str, str],
         child.close()
 
 
+@pytest.mark.heartbeat(2)
 def test_client_killed_mid_session_frees_the_process_after_the_heartbeat(
         service: Target, pdb_cli: Callable[..., pexpect.spawn], base_env: dict[str, str]) -> None:
     pid = str(service.pid)

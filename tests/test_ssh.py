@@ -104,6 +104,7 @@ def test_pdb_session_through_ssh(sshd: Sshd, service: Target, ssh_env, cli,
     assert still_counting(service)
 
 
+@pytest.mark.heartbeat(2)  # the operator vanishes: the heartbeat ends it
 def test_sigkill_of_the_cli_leaves_no_ssh_and_the_thread_resumes(sshd: Sshd, service: Target,
                                                                  ssh_env, cli, *, cli_tmp: Path,
                                                                  no_ssh_left) -> None:

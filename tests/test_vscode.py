@@ -91,6 +91,7 @@ def test_vscode_attach_break_inspect_continue_reattach(service: Target, vscode, 
     assert " ready " in run_cli("ps", env=base_env).stdout  # the DEBUGPY column
 
 
+@pytest.mark.heartbeat(2)  # the operator vanishes: the heartbeat ends it
 def test_killing_the_cli_resumes_a_thread_stopped_at_a_breakpoint(service: Target,
                                                                   vscode) -> None:
     cli = vscode("--pid", str(service.pid), "--port", "0", "--yes")
