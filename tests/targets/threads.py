@@ -5,7 +5,8 @@ Thread ``worker-I`` runs ``KINDS[I % 3]``: ``sleeper`` (time.sleep), ``lock_wait
 A ``counter`` thread writes an ever-growing number to $COUNTER_FILE, so tests can see
 the host keep working. ``--spin`` adds a thread spinning in pure Python; with $RATE_FILE
 it appends its loop rate to that file every 0.1 s (scripts/bench).
-Prints ``READY {json}`` once every thread is in place.
+Prints ``READY {json}`` once every worker is blocked in its system call (not merely
+about to call it), as /proc/self/task/TID/syscall shows.
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ def spinner(ready: threading.Event) -> None:
                 mark, start = n, now
 
 
+def blocked(thread: threading.Thread) -> bool:
+    """The kernel's word: the thread waits inside a system call."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/syscall") as f:
+            return not f.read().startswith("running")
+    except OSError:
+        return True  # no procfs: the event is all we have
+
+
 def counter(path: str) -> None:
     n = 0
     while True:
@@ -78,11 +88,14 @@ def main() -> None:
     parser.add_argument("--spin", action="store_true")
     parser.add_argument("--no-agent", action="store_true")
     opts = parser.parse_args()
-    events = []
+    events, workers = [], []
     for i in range(opts.threads):
         ev = threading.Event()
-        threading.Thread(target=KINDS[i % 3], args=(ev,), name=f"worker-{i}", daemon=True).start()
+        worker = threading.Thread(target=KINDS[i % 3], args=(ev,), name=f"worker-{i}",
+                                  daemon=True)
+        worker.start()
         events.append(ev)
+        workers.append(worker)
     if opts.spin:
         ev = threading.Event()
         threading.Thread(target=spinner, args=(ev,), name="spinner", daemon=True).start()
@@ -92,6 +105,9 @@ def main() -> None:
                          daemon=True).start()
     for ev in events:
         ev.wait()
+    deadline = time.monotonic() + 30
+    while not all(blocked(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.005)
     facts = {"pid": os.getpid()}
     if not opts.no_agent:
         agent = prodbug.start_agent()
