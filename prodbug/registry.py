@@ -180,14 +180,21 @@ def remove_entry(runtime_dir: Path, pid: int) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (permission errors mean it does)."""
+    """Whether a process with this pid exists and has not exited (permission errors mean
+    it exists). A zombie has exited: it will never answer, and a parent that is slow to
+    reap it (or stopped) must not make ``--all`` wait out its timeout for it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read(512).rpartition(b")")[2][1:2]
+    except OSError:
+        return True  # no procfs (or gone this instant): the signal's answer stands
+    return state not in (b"Z", b"X")
 
 
 def process_uid(pid: int) -> int | None:
