@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -26,15 +25,25 @@ class KeyRing:
         self._checked_at = time.monotonic()
         self.keys: dict[str, AuthorizedKey] = load_authorized_keys(path)
 
-    def _sign(self) -> tuple[tuple[str, int], ...]:
+    def _sign(self) -> tuple[tuple[str, int, int, int], ...]:
+        """What changes when the allow-list does. Inode, size and ctime rather than mtime
+        alone: a file replaced with ``cp -p``/``rsync -t``, or rewritten within one clock
+        tick, is still noticed. A file that cannot be read this instant (a dangling
+        link) is one entry of its own, never a reason to stop watching the others."""
+        def one(path: Path) -> tuple[int, int, int]:
+            try:
+                st = path.stat()
+            except OSError:
+                return (-1, -1, -1)
+            return (st.st_ino, st.st_size, st.st_ctime_ns + st.st_mtime_ns)
+
+        entries = [(str(self.path), *one(self.path))]
         try:
-            entries = [(str(self.path), os.stat(self.path).st_mtime_ns)]
             if self.path.is_dir():
-                for p in sorted(self.path.iterdir()):
-                    if p.suffix == ".key":
-                        entries.append((p.name, p.stat().st_mtime_ns))
+                entries += [(p.name, *one(p)) for p in sorted(self.path.iterdir())
+                            if p.suffix == ".key"]
         except OSError:
-            return ()
+            entries.append(("", -1, -1, -1))  # unlistable this instant
         return tuple(entries)
 
     def current(self, public_key: str, now: float) -> AuthorizedKey | None:
