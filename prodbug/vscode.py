@@ -94,7 +94,7 @@ def merge_launch_json(path: Path, config: dict[str, Any]) -> str:
     configs.append(config)
     document["configurations"] = configs
     document.setdefault("version", "0.2.0")
-    pass  # BROKEN-ON-PURPOSE
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=4) + "\n", encoding="utf-8")
     return f"{'updated' if replaced else 'added'} {config['name']!r} in {path}{note}"
 
