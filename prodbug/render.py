@@ -163,7 +163,7 @@ def _wait_text(thread: dict[str, Any], names: dict[int, str]) -> str:
         return ""
     text = f" on {wait['what']}"
     owner = wait.get("owner")
-    if owner is not None:
+    if owner is not None and wait.get("kind") != "join":  # a join names its thread already
         who = wait.get("owner_name") or names.get(owner) or str(owner)
         text += f" held by {_q(who)}"
     return text
@@ -320,6 +320,9 @@ def _render_prepared(result: dict[str, Any], hang_threads: list[dict[str, Any]],
     _render_hang(lines, result, hang_threads, style)
     if result.get("locals_redacted"):
         lines.append(style.dim(_REDACTED))
+    if result.get("locals_truncated"):
+        lines.append(style.dim("(locals cut: this dump's 64 KiB for locals was spent; "
+                               "ask for fewer frames with --locals N)"))
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -7,7 +7,7 @@ import enum
 import threading
 from pathlib import Path
 
-from prodbug.agent.saferepr import REDACTED, Limits, SafeRepr, is_secret_name
+from prodbug.agent.saferepr import BUDGET_SPENT, REDACTED, Limits, SafeRepr, is_secret_name
 
 
 class Exploding:
@@ -46,14 +46,25 @@ def test_builtins_and_known_stdlib_types() -> None:
     assert fmt.value("lock", threading.Lock()).startswith("<unlocked _thread.lock object")
 
 
-def test_bounds_on_chars_items_depth_and_total() -> None:
-    fmt = SafeRepr(limits=Limits(chars=40, items=3, depth=2, total=100))
+def test_bounds_on_chars_items_and_depth() -> None:
+    fmt = SafeRepr(limits=Limits(chars=40, items=3, depth=2))
     assert fmt.value("s", "x" * 1000).endswith("...") and len(fmt.value("s", "x" * 1000)) == 40
     assert fmt.value("l", list(range(100))) == "[0, 1, 2, ...] <100 items>"
     assert fmt.value("deep", [[[[1]]]]) == "[[<list>]]"
-    while not fmt.exhausted:
-        fmt.value("fill", "y" * 30)
-    assert fmt.used >= 100
+
+
+def test_once_the_total_is_spent_every_value_shows_only_the_marker() -> None:
+    fmt = SafeRepr(limits=Limits(chars=40, total=100))
+    shown = [fmt.value("fill", "y" * 30) for _ in range(5)]
+    # 32 characters each: the fourth value crosses the total, the fifth is not rendered.
+    assert shown[:4] == ["'" + "y" * 30 + "'"] * 4
+    assert shown[4] == BUDGET_SPENT
+    assert fmt.exhausted and fmt.used == 128
+    for name, value in (("big", "z" * 10_000), ("items", list(range(1000))),
+                        ("obj", Exploding()), ("password", "hunter2")):
+        assert fmt.value(name, value) == BUDGET_SPENT, name
+    assert fmt.used == 128  # the marker costs nothing: the dump stays bounded
+    assert len(BUDGET_SPENT) < Limits().chars
 
 
 def test_secrets_redacted_by_name_key_and_attribute() -> None:

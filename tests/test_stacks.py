@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Keys, Target, run_cli, wait_for
+from conftest import TARGETS, Keys, Target, run_cli, wait_for
 
 from prodbug.client import Client
 
@@ -29,33 +30,51 @@ def _by_name(proc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t["name"]: t for t in proc["threads"]}
 
 
+#: What each waiting thread of tests/targets/stuck.py waits on (docs/stacks.md's kinds).
+WAIT_KINDS = {
+    "holder": "sleep", "consumer": "queue", "flag-waiter": "event", "sem-waiter": "semaphore",
+    "barrier-waiter": "barrier", "cond-waiter": "condition", "future-waiter": "future",
+    "acceptor": "socket", "receiver": "io", "selecting": "select", "child-waiter": "subprocess",
+    "in-c": "unknown", "payer": "lock", "alpha": "rlock", "joiner": "join",
+}
+
+
 def test_deadlock_lock_owners_and_wait_kinds(spawn, base_env) -> None:
     target = spawn("stuck", env=base_env)
     with Client(f"ipc://{base_env['PRODBUG_RUNTIME_DIR']}/{target.pid}.sock") as client:
-        assert wait_for(lambda: bool(client.request("stacks", {"cpu_interval": 0})["deadlocks"]))
+        assert wait_for(lambda: len(client.request("stacks", {"cpu_interval": 0})["deadlocks"])
+                        == 2)
 
     human = run_cli("stacks", "--pid", str(target.pid), env=base_env)
     assert human.returncode == 0, human.stderr
-    deadlock = next(line for line in human.stdout.splitlines() if line.startswith("DEADLOCK"))
+    deadlocks = sorted(line for line in human.stdout.splitlines() if line.startswith("DEADLOCK"))
+    assert len(deadlocks) == 2
     for word in ("'alpha'", "'beta'", "LOCK_A", "LOCK_B"):
-        assert word in deadlock
+        assert word in deadlocks[0]
+    assert deadlocks[1].startswith(
+        "DEADLOCK: 'joiner' waits for thread 'gatekeeper' to finish; 'gatekeeper' waits for "
+        "Lock GATE at 0x")
+    assert deadlocks[1].endswith(" held by 'joiner'")
+    joiner = next(line for line in human.stdout.splitlines() if "'joiner' (" in line)
+    assert "to finish" in joiner and "held by" not in joiner, joiner  # a join has no owner
 
     proc = _dump(base_env, target)
-    (cycle,) = proc["deadlocks"]
-    assert sorted(cycle["names"]) == ["alpha", "beta"]
-    assert cycle["description"].startswith("deadlock: ")
+    cycles = {tuple(sorted(c["names"])): c for c in proc["deadlocks"]}
+    assert set(cycles) == {("alpha", "beta"), ("gatekeeper", "joiner")}
+    assert all(c["description"].startswith("deadlock: ") for c in cycles.values())
     threads = _by_name(proc)
-    assert threads["alpha"]["wait"]["kind"] == "rlock"
+    assert {name: threads[name]["wait"]["kind"] for name in WAIT_KINDS} == WAIT_KINDS
     assert "LOCK_B" in threads["alpha"]["wait"]["what"]
     assert threads["alpha"]["wait"]["owner_name"] == "beta"
     assert [h["what"].split()[1] for h in threads["alpha"]["holds"]] == ["LOCK_A"]
     # A plain Lock: its owner is known because the holder is inside ``with LEDGER:``.
-    assert threads["payer"]["wait"]["kind"] == "lock"
     assert threads["payer"]["wait"]["owner_name"] == "holder"
     assert "LEDGER" in threads["holder"]["holds"][0]["what"]
-    assert threads["holder"]["wait"]["kind"] == "sleep"
-    assert threads["consumer"]["wait"]["kind"] == "queue"
-    assert threads["flag-waiter"]["wait"]["kind"] == "event"
+    # A join cycle: the joiner holds GATE (inside ``with GATE:``) and joins the thread
+    # that waits for GATE.
+    assert threads["joiner"]["wait"]["owner_name"] == "gatekeeper"
+    assert [h["what"].split()[1] for h in threads["joiner"]["holds"]] == ["GATE"]
+    assert threads["gatekeeper"]["wait"]["owner_name"] == "joiner"
     assert threads["alpha"]["since_s"] is not None  # seen waiting by an earlier dump
     assert all(t["state"] == "waiting" for n, t in threads.items() if n != "prodbug-agent")
 
@@ -72,6 +91,10 @@ def test_locals_are_bounded_redacted_and_run_no_host_code(spawn, base_env, agent
     assert shown["api_token"] == "<redacted>"
     assert shown["slow"] == "SlowRepr(size=3)"
     assert shown["user"] == "{'name': 'ada', 'session_id': <redacted>}"
+    # Bounded (docs/stacks.md): 10 items per container, 200 characters, depth 3.
+    assert shown["history"] == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...] <1000 items>"
+    assert shown["note"] == "'" + "n" * 196 + "..."
+    assert shown["nested"] == "[[[<list>]]]"
     assert proc["locals_redacted"] is True
 
     unredacted = _dump(base_env, target, "--locals", "--no-redact")  # local: debugger
@@ -109,8 +132,18 @@ def test_asyncio_tasks_listed_and_grouped(spawn, base_env) -> None:
     assert "120 tasks" not in everything and "'stuck-119'" in everything
 
 
+def _line_of(path: Path, function: str, text: str) -> int:
+    """The number of the line holding ``text`` in ``function`` of ``path``."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"def {function}("))
+    return next(i for i in range(start, len(lines)) if text in lines[i]) + 1
+
+
 def test_gil_held_by_c_call_fallback_and_hang_dump(spawn, base_env) -> None:
-    target = spawn("regex", env={**base_env, "PRODBUG_HANG_DUMP": "2", "REGEX_SECONDS": "10"})
+    # The regex holds the GIL for at least 6 s (calibrated on the quickest of three
+    # samples): longer than the CLI's 2 s timeout plus its start, and than the 2 s hang timer.
+    target = spawn("regex", env={**base_env, "PRODBUG_HANG_DUMP": "2", "REGEX_SECONDS": "6"})
+    lineno = _line_of(TARGETS / "regex.py", "catastrophic", 'PATTERN.match("a" * n + "b")')
     assert target.proc.stdin is not None
     target.proc.stdin.write("go\n")
     target.proc.stdin.flush()
@@ -120,15 +153,18 @@ def test_gil_held_by_c_call_fallback_and_hang_dump(spawn, base_env) -> None:
     assert result.returncode == 0, result.stderr
     assert "did not answer within 2s" in result.stderr and "faulthandler" in result.stderr
     assert "C-level dump" in result.stdout
-    assert "catastrophic (" in result.stdout
+    assert re.search(rf"\n +catastrophic \(\S*regex\.py:{lineno}\)\n", result.stdout), \
+        result.stdout
 
-    assert wait_for(lambda: any("REGEX DONE" in line for line in target.output), timeout=60)
+    assert wait_for(lambda: any("REGEX DONE" in line for line in target.output), timeout=90)
     proc = _dump(base_env, target)
     hang = proc["hang_dump"]
-    assert 'line 32 in catastrophic' in hang["text"] or "in catastrophic" in hang["text"]
+    assert hang is not None, "no hang dump: the regex ended before the 2 s hang timer fired"
+    assert f'regex.py", line {lineno} in catastrophic' in hang["text"]
     assert hang["seconds"] == 2
     human = run_cli("stacks", "--pid", str(target.pid), env=base_env).stdout
-    assert "Latest hang dump" in human and "catastrophic (" in human
+    assert "Latest hang dump" in human
+    assert re.search(rf"\n +catastrophic \(\S*regex\.py:{lineno}\)\n", human), human
 
 
 def _py_spy() -> str:

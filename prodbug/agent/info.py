@@ -37,6 +37,18 @@ def debug_machinery() -> dict[str, Any]:
     }
 
 
+def _cwd() -> str | None:
+    """The working directory; one a deploy removed is named as the kernel names it
+    ("/srv/app/releases/41 (deleted)")."""
+    try:
+        return os.getcwd()
+    except OSError:
+        try:
+            return os.readlink("/proc/self/cwd")
+        except OSError:
+            return None
+
+
 def collect_info(agent_facts: dict[str, Any]) -> dict[str, Any]:
     """The ``info`` result; ``agent_facts`` are the agent's endpoints and start time."""
     proc = psutil.Process()
@@ -48,7 +60,7 @@ def collect_info(agent_facts: dict[str, Any]) -> dict[str, Any]:
     uptime = max(time.time() - created, 1e-9)
     return {
         **process_header(),
-        "cwd": os.getcwd(),
+        "cwd": _cwd(),
         "python_version": sys.version,
         "uptime_s": round(uptime, 3),
         "rss_bytes": rss,

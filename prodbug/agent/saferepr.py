@@ -45,7 +45,10 @@ from prodbug.agent.introspect import (
 )
 from prodbug.agent.redact import REDACTED, is_secret_name, is_url_name, mask_text
 
-__all__ = ["REDACTED", "Limits", "SafeRepr", "is_secret_name"]
+__all__ = ["BUDGET_SPENT", "REDACTED", "Limits", "SafeRepr", "is_secret_name"]
+
+#: What a value shows once the dump's budget (``Limits.total``) is spent.
+BUDGET_SPENT = "<not shown: this dump's budget for locals is spent>"
 
 _LOCK = type(threading.Lock())  # not subclassable
 _RLOCK = type(threading.RLock())
@@ -185,7 +188,10 @@ class SafeRepr:
         return slice(0, self.limits.chars + _MARGIN + 1)
 
     def value(self, name: Any, obj: Any) -> str:
-        """The representation of variable ``name`` (redacted if it looks secret)."""
+        """The representation of variable ``name`` (redacted if it looks secret), or
+        ``BUDGET_SPENT`` once the dump's total is reached."""
+        if self.exhausted:
+            return BUDGET_SPENT
         try:
             text = self._field(name, obj, self.limits.depth)
         except Exception as exc:  # e.g. a container changing under us

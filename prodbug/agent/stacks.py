@@ -25,11 +25,14 @@ from prodbug.agent.waits import analyze
 from prodbug.errors import BadRequest, Forbidden
 from prodbug.grouping import group_tasks, group_threads
 
-__all__ = ["MAX_DEPTH", "CpuReadings", "StateHistory", "collect_stacks", "process_header"]
+__all__ = ["LINE_CUT", "MAX_DEPTH", "CpuReadings", "StateHistory", "collect_stacks",
+           "process_header"]
 
 #: Frames kept per thread (innermost first); deeper stacks are marked truncated.
 MAX_DEPTH = 200
 _MAX_LINE = 200
+#: The end of a source line cut to _MAX_LINE characters.
+LINE_CUT = "..."
 _MAX_LOCALS = 50  # names per frame
 #: A thread above this share of one CPU over the window is "running".
 _RUNNING_PERCENT = 10.0
@@ -110,7 +113,9 @@ def frame_dict(frame: FrameType) -> dict[str, Any]:
     """One frame as the wire carries it."""
     filename = frame.f_code.co_filename
     lineno = frame.f_lineno or 0
-    line = source_line(filename, lineno).strip()[:_MAX_LINE]
+    line = source_line(filename, lineno).strip()
+    if len(line) > _MAX_LINE:
+        line = line[: _MAX_LINE - len(LINE_CUT)] + LINE_CUT
     return {"filename": filename, "lineno": lineno, "function": _function_name(frame),
             "line": line}
 

@@ -341,8 +341,9 @@ def _cycles(waits: dict[int, dict[str, Any]], names: dict[int, str]) -> list[dic
         seen.add(key)
         first = cycle.index(min(cycle))
         cycle = cycle[first:] + cycle[:first]
-        steps = [f"{names.get(t, t)!r} waits for {waits[t]['what']} held by "
-                 f"{names.get(edges[t], edges[t])!r}" for t in cycle]
+        steps = [f"{names.get(t, t)!r} waits for {waits[t]['what']}" + (
+                 "" if waits[t]["kind"] == "join" else
+                 f" held by {names.get(edges[t], edges[t])!r}") for t in cycle]
         found.append({"threads": cycle, "names": [names.get(t) for t in cycle],
                       "locks": [waits[t]["what"] for t in cycle],
                       "description": "deadlock: " + "; ".join(steps)})

@@ -1,4 +1,5 @@
-"""A thread that holds the GIL in one long C call: a catastrophic regex (~10 s).
+"""A thread that holds the GIL in one long C call: a catastrophic regex (at least
+$REGEX_SECONDS, default 10; at most twice that on an idle machine).
 
 Prints ``READY``, then ``REGEX STARTED`` just before the regex takes the GIL, and
 ``REGEX DONE`` after it.
@@ -19,12 +20,18 @@ import prodbug
 PATTERN = re.compile(r"(a+)+$")
 
 
-def size_for(seconds: float) -> int:
-    """The input length whose match takes about ``seconds`` here (it doubles per 'a')."""
+def _took(n: int) -> float:
     start = time.perf_counter()
-    PATTERN.match("a" * 18 + "b")
-    took = max(time.perf_counter() - start, 1e-6)
-    return 18 + max(0, round(math.log2(seconds / took)))
+    PATTERN.match("a" * n + "b")
+    return max(time.perf_counter() - start, 1e-6)
+
+
+def size_for(seconds: float) -> int:
+    """The input length whose match takes at least about ``seconds`` here (the time doubles
+    per 'a'). From the quickest of three samples: a busy machine only slows a sample down,
+    which would make the match too short to be seen."""
+    took = min(_took(18) for _ in range(3))
+    return 18 + max(0, math.ceil(math.log2(seconds / took)))
 
 
 def catastrophic(n: int) -> None:
