@@ -46,8 +46,9 @@ from typing import Any
 
 from prodbug.agent.foreign_trace import pydevd_environment, remove_trace_in_threads
 
-__all__ = ["DEBUGPY", "DapChannel", "DapSession", "Debugpy", "check_request", "frame",
-           "is_own_thread", "slow_tracing", "split_messages", "stop_pydevd", "untraced"]
+__all__ = ["DEBUGPY", "DapChannel", "DapSession", "Debugpy", "check_request",
+           "forget_pydevd_after_fork", "frame", "is_own_thread", "slow_tracing",
+           "split_messages", "stop_pydevd", "untraced"]
 
 _log = logging.getLogger("prodbug.agent")
 _READ = 256 * 1024
@@ -564,7 +565,7 @@ def stop_pydevd() -> list[str]:
     tracing.restore_sys_set_trace_func()
     if sys.version_info >= (3, 12):
         _stop_monitoring()
-    elif py_db is not None and getattr(threading.gettrace(), "__self__", None) is py_db:
+    elif _pydevd_hook(threading.gettrace(), py_db):
         threading.settrace(None)  # type: ignore[arg-type,unused-ignore]
     pydev_monkey.undo_patch_thread_modules()
     if py_db is not None:
@@ -578,6 +579,39 @@ def stop_pydevd() -> list[str]:
             _log.warning("prodbug: debugpy's trace functions stay in the threads: %s", exc)
             failed = idents
     return _left_behind(py_db, failed)
+
+
+def forget_pydevd_after_fork() -> None:
+    """In a forked child of a process VS Code was attached to: nobody is attached here,
+    and pydevd's threads did not survive the fork, yet what it installed would go on in
+    the child's threads (a breakpoint would stop one for good). Take that down without
+    waiting on any thread or lock of the parent's: only the thread that forked runs here."""
+    pydevd = sys.modules.get("pydevd")
+    tracing = sys.modules.get("pydevd_tracing")
+    if pydevd is None or tracing is None:
+        return
+    from _pydev_bundle import pydev_monkey
+
+    py_db = pydevd.get_global_debugger()
+    tracing.restore_sys_set_trace_func()
+    if sys.version_info >= (3, 12):
+        _stop_monitoring()
+    else:
+        sys.settrace(None)  # the forking thread's: the only thread left
+    if _pydevd_hook(threading.gettrace(), py_db):
+        threading.settrace(None)  # type: ignore[arg-type,unused-ignore]
+    pydev_monkey.undo_patch_thread_modules()
+    if py_db is not None:
+        py_db.pydb_disposed = True
+        pydevd.set_global_debugger(None)
+
+
+def _pydevd_hook(hook: Any, py_db: Any) -> bool:
+    """Whether ``hook`` is pydevd's (a bound method of it, or before 3.12 the
+    ``functools.partial(trace_dispatch, py_db)`` it gives ``threading.settrace``)."""
+    if hook is None or py_db is None:
+        return False
+    return getattr(hook, "__self__", None) is py_db or py_db in getattr(hook, "args", ())
 
 
 def _stop_monitoring() -> None:
@@ -601,7 +635,7 @@ def _left_behind(py_db: Any, failed: list[int]) -> list[str]:
     if failed:
         left.append(f"a trace function in {len(failed)} thread(s) that could not be reached")
     hook = threading.gettrace()
-    if hook is not None and getattr(hook, "__self__", None) is py_db:
+    if _pydevd_hook(hook, py_db):
         left.append("threading.settrace")
     monitoring = getattr(sys, "monitoring", None)
     if monitoring is not None and monitoring.get_tool(monitoring.DEBUGGER_ID) == "pydevd":

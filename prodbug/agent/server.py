@@ -30,7 +30,7 @@ from prodbug._version import __version__
 from prodbug.agent import postmortem
 from prodbug.agent.audit import AuditLog, mask_literals
 from prodbug.agent.context import Handler, RequestContext, Route
-from prodbug.agent.dap import DEBUGPY, untraced
+from prodbug.agent.dap import DEBUGPY, forget_pydevd_after_fork, untraced
 from prodbug.agent.desk import SessionDesk
 from prodbug.agent.door import HANDSHAKE_IVL_MS, RECEIVE_HWM, DenialLimiter, Door
 from prodbug.agent.faults import FaultDumps
@@ -240,6 +240,7 @@ class Agent:
             desk.close_fds()
         if DEBUGPY.state in ("ready", "starting"):  # the adapter belongs to the parent
             DEBUGPY.state, DEBUGPY.error = "failed", "inherited through fork from the parent"
+            forget_pydevd_after_fork()  # its tracing and breakpoints too
         if self._faults is not None:  # the parent's signal handlers write the parent's files
             self._faults.stop(after_fork=True)
             self._faults = None
