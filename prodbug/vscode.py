@@ -71,7 +71,17 @@ def _strip_jsonc(text: str) -> str:
 
 
 def merge_launch_json(path: Path, config: dict[str, Any]) -> str:
-    """Add ``config`` to launch.json, replacing only an entry of the same name."""
+    """Add ``config`` to launch.json, replacing only an entry of the same name. A file that
+    cannot be read, parsed or written raises ConfigError saying so."""
+    try:
+        return _merge_launch_json(path, config)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot update {path} ({why}); add the block above by hand") \
+            from None
+
+
+def _merge_launch_json(path: Path, config: dict[str, Any]) -> str:
     document: dict[str, Any] = {"version": "0.2.0", "configurations": []}
     note = ""
     if path.exists():
@@ -83,7 +93,8 @@ def merge_launch_json(path: Path, config: dict[str, Any]) -> str:
                               f"hand") from None
         if not isinstance(document, dict) or not isinstance(
                 document.setdefault("configurations", []), list):
-            raise ConfigError(f"{path} has no 'configurations' list; add the block by hand")
+            raise ConfigError(f"{path} has no 'configurations' list; add the block above by "
+                              f"hand")
         if _strip_jsonc(text) != text:
             backup = path.with_name(path.name + ".bak")
             backup.write_text(text, encoding="utf-8")
@@ -344,7 +355,11 @@ def run_vscode(client: Client, *, port: int, local_root: str, remote_root: str |
                                remote_root or str(opened["remote_root"]), just_my_code)
         print(json.dumps(config, indent=4), flush=True)
         if launch_json is not None:
-            print(f"prodbug vscode: {merge_launch_json(launch_json, config)}", file=sys.stderr)
+            try:
+                said = merge_launch_json(launch_json, config)
+            except ConfigError as exc:  # the block printed above works all the same: go on
+                said = str(exc)
+            print(f"prodbug vscode: {said}", file=sys.stderr)
 
     if opened.get("slow_tracing"):
         print(f"prodbug vscode: Python {printable(str(opened.get('python')))}: the service "

@@ -87,3 +87,25 @@ class DapClient:
                             breakpoints=[{"line": n} for n in lines])
         result: list[dict[str, Any]] = body["breakpoints"]
         return result
+
+    def attach_as(self, config: dict[str, Any],
+                  breakpoints: dict[str, list[int]]) -> dict[str, Any]:
+        """``attach`` with what a launch.json attach configuration says, as VS Code sends it
+        (every field of the configuration in the attach request's arguments)."""
+        capabilities = self.request("initialize", clientID="vscode", adapterID="debugpy",
+                                    pathFormat="path", linesStartAt1=True,
+                                    columnsStartAt1=True, supportsVariableType=True)
+        attach = self.send("attach", **config)
+        self.event("initialized")
+        for path, lines in breakpoints.items():
+            self.set_breakpoints(path, lines)
+        self.request("configurationDone")
+        response = self.response(attach)
+        if not response.get("success"):
+            raise AssertionError(f"attach failed: {response}")
+        return capabilities
+
+    def top_frame(self, thread: int) -> dict[str, Any]:
+        frames: list[dict[str, Any]] = self.request(
+            "stackTrace", threadId=thread, startFrame=0, levels=20)["stackFrames"]
+        return frames[0]
