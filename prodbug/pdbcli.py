@@ -26,7 +26,7 @@ import zmq
 
 from prodbug import protocol
 from prodbug.client import Client
-from prodbug.errors import RemoteError, TargetUnreachable
+from prodbug.errors import AuthError, RemoteError, TargetUnreachable
 from prodbug.textsafe import printable
 
 __all__ = ["run_pdb"]
@@ -109,7 +109,10 @@ class _Relay(threading.Thread):
                     else:
                         self.events.put((message.kind, message.data))
                 elif message.error is not None:
-                    if message.error.code == "not_found":
+                    # The session is gone, or our key was removed from the allow-list
+                    # (the agent says so unasked, with no request id): nothing more to do.
+                    if message.error.code == "not_found" or (
+                            message.error.code == "forbidden" and not message.id):
                         self._finish("error", message.error)
                     else:
                         self.events.put(("error", message.error))
@@ -225,6 +228,9 @@ def _ended(kind: str, data: Any, interrupted: bool) -> int:
         if data.code == "not_found":
             print("prodbug: the session is gone (the agent ended it)", file=sys.stderr)
             return 130 if interrupted else 0
+        if data.code == "forbidden":
+            raise AuthError(f"{data.message}; the agent lets the thread go on when this "
+                            f"terminal's heartbeats stop")
         raise RemoteError(data.message, data.code)
     raise TargetUnreachable(f"lost the agent: {data}; it lets the thread go on by itself "
                             f"when this terminal's heartbeats stop")

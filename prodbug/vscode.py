@@ -28,7 +28,7 @@ import zmq
 
 from prodbug import protocol
 from prodbug.client import Client
-from prodbug.errors import ConfigError, RemoteError, TargetUnreachable
+from prodbug.errors import AuthError, ConfigError, RemoteError, TargetUnreachable
 from prodbug.textsafe import printable
 
 __all__ = ["launch_config", "merge_launch_json", "run_vscode"]
@@ -264,6 +264,9 @@ class _Relay:
                         "session": self.session, "channel": message.result["channel"]})
                 return None
             if message.error is not None:
+                if message.error.code == "forbidden" and not message.id:  # our key: removed
+                    raise AuthError(f"{printable(message.error.message)}; the agent closes "
+                                    f"VS Code's session by itself")
                 if message.id == self.connect_rid or message.error.code == "not_found":
                     print(f"prodbug vscode: {printable(message.error.message)}", file=sys.stderr)
                     self.close_conn("the agent refused")
