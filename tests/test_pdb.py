@@ -58,6 +58,13 @@ def test_break_in_http_handler_shows_the_request(service: Target, cli, base_env)
     request.join(60)
     assert request.result == (200, "hello /hello-pdb")
     assert still_counting(service)
+    # The break is gone with the session: no monitoring tool, and no stop on the line.
+    info = json.loads(run_cli("info", "--pid", str(service.pid), "--json", env=base_env).stdout)
+    assert info["debug"]["monitoring_tools"] == {}
+    after = Request(service.facts["http"] + "/after")
+    after.start()
+    after.join(60)
+    assert after.result == (200, "hello /after")
     records = json.loads(run_cli("audit", "--pid", str(service.pid), "--json",
                                  env=base_env).stdout)["records"]
     typed = [r["line"] for r in records if r.get("cmd") == "session.input"]
@@ -67,7 +74,9 @@ def test_break_in_http_handler_shows_the_request(service: Target, cli, base_env)
         "detached: the thread goes on"]
 
 
-@pytest.mark.parametrize("how", ["sigkill", "sigterm", "q", "ctrl-d", "ctrl-c"])
+@pytest.mark.parametrize("how", [
+    pytest.param("sigkill", marks=pytest.mark.heartbeat(2)),  # ended by the heartbeat
+    "sigterm", "q", "ctrl-d", "ctrl-c"])
 def test_operator_leaving_lets_the_request_finish(service: Target, cli, how: str) -> None:
     child, request = _break(cli, service, f"/{how}")
     assert request.is_alive()  # stopped in the debugger
@@ -83,6 +92,13 @@ def test_operator_leaving_lets_the_request_finish(service: Target, cli, how: str
         child.sendintr()
     request.join(60)
     assert request.result == (200, f"hello /{how}")
+    child.expect(pexpect.EOF)
+    # With no session at all, a request through the line is not stopped (a leftover hook
+    # would be invisible inside a new session, which arms the line again).
+    free = Request(service.facts["http"] + "/free")
+    free.start()
+    free.join(60)
+    assert free.result == (200, "hello /free")
     # The process is free for the next operator.
     again, second = _break(cli, service, "/again")
     again.sendline("c")
@@ -130,6 +146,7 @@ def test_inspect_looks_without_stopping(service: Target, cli) -> None:
 
 def test_post_mortem_of_a_dead_thread(service: Target, cli, base_env) -> None:
     nothing = run_cli("pdb", "--pid", str(service.pid), "--post-mortem", env=base_env)
+    assert nothing.returncode == 1
     assert "no unhandled exception" in nothing.stderr
     crash = Request(service.facts["http"] + "/crash")
     crash.start()

@@ -23,17 +23,20 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from types import CodeType, FrameType, FunctionType, ModuleType
+from types import CodeType, FrameType, FunctionType, MethodType, ModuleType
 from typing import Any
 
 from prodbug.agent import foreign_trace, introspect
 from prodbug.agent.dap import is_own_thread
 
-__all__ = ["Hook", "arm_break", "arm_thread", "find_code", "monitoring_available"]
+__all__ = ["OWN_TRACERS", "Hook", "arm_break", "arm_thread", "find_code", "foreign_tracer",
+           "monitoring_available"]
 
 OnHit = Callable[[FrameType], Any]
+Report = Callable[[str], None]
 _log = logging.getLogger("prodbug.agent")
 _TOOL_IDS = (4, 3)  # unassigned by CPython (0 debugger, 1 coverage, 2 profiler, 5 optimizer)
+_MAX_CONDITION_REPORTS = 20  # a condition failing on every line must not flood the operator
 
 
 def monitoring_available() -> bool:
@@ -43,11 +46,13 @@ def monitoring_available() -> bool:
 class Hook:
     """An armed stop; ``remove()`` undoes it (idempotent, any thread)."""
 
-    def __init__(self, condition: str | None, on_hit: OnHit) -> None:
+    def __init__(self, condition: str | None, on_hit: OnHit, *, report: Report | None) -> None:
         self.condition = condition
         self.on_hit = on_hit
+        self.report = report
         self.fired = False
         self.condition_error: str | None = None
+        self._reports = 0
         #: Which threads the hook can reach, said to the operator (None: any).
         self.reach: str | None = None
         self._lock = threading.Lock()
@@ -59,13 +64,30 @@ class Hook:
                 if not eval(self.condition, frame.f_globals, frame.f_locals):  # noqa: S307
                     return False
             except Exception as exc:  # the operator's expression: report, do not stop
-                self.condition_error = f"--condition raised {type(exc).__name__}: {exc}"
+                self._condition_failed(exc)
                 return False
         with self._lock:
             if self.fired:
                 return False
             self.fired = True
         return True
+
+    def _condition_failed(self, exc: Exception) -> None:
+        try:
+            detail = str(exc)[:200]
+        except Exception:  # the operator's exception, with a __str__ of its own
+            detail = "?"
+        text = f"--condition raised {type(exc).__name__}: {detail}"
+        with self._lock:
+            if text == self.condition_error or self._reports > _MAX_CONDITION_REPORTS:
+                return
+            self.condition_error = text
+            self._reports += 1
+            last = self._reports > _MAX_CONDITION_REPORTS
+        if self.report is not None:
+            self.report(f"{text} (in thread {threading.current_thread().name!r}); not "
+                        f"stopped, the breakpoint stays armed\n" if not last else
+                        "--condition keeps raising: further errors are not reported\n")
 
     def remove(self) -> None:
         with self._lock:
@@ -78,8 +100,8 @@ class Hook:
 
 class _MonitoringHook(Hook):
     def __init__(self, codes: list[CodeType], line: int | None, thread: int | None,
-                 condition: str | None, on_hit: OnHit) -> None:
-        super().__init__(condition, on_hit)
+                 condition: str | None, on_hit: OnHit, *, report: Report | None) -> None:
+        super().__init__(condition, on_hit, report=report)
         mon: Any = getattr(sys, "monitoring")  # noqa: B009 (3.12+ only; mypy targets 3.10)
         self._codes = codes
         self._line = line
@@ -137,8 +159,8 @@ class _SettraceHook(Hook):
     """3.10/3.11: a scoped trace function in running threads (foreign_trace) and new ones."""
 
     def __init__(self, codes: list[CodeType], line: int | None, thread: int | None,
-                 condition: str | None, on_hit: OnHit) -> None:
-        super().__init__(condition, on_hit)
+                 condition: str | None, on_hit: OnHit, *, report: Report | None) -> None:
+        super().__init__(condition, on_hit, report=report)
         if threading.gettrace() is not None:
             raise RuntimeError("another tracer is installed with threading.settrace; "
                                "prodbug will not replace it")
@@ -159,9 +181,13 @@ class _SettraceHook(Hook):
                     f"started from now on), --inspect THREAD or --post-mortem")
             self.reach += f" (running threads cannot be reached here: {why})"
             return
-        targets = [thread] if thread is not None else _running_threads()
-        failed = set(foreign_trace.set_trace_in_threads(self._global, targets))
         frames = sys._current_frames()
+        # A thread that another tool traces keeps its tracer: installing ours would replace
+        # it (arm_thread refuses such a thread outright).
+        targets = [thread] if thread is not None else [
+            ident for ident in _running_threads() if not foreign_tracer(frames.get(ident))]
+        failed = set(foreign_trace.set_trace_in_threads(self._global, targets))
+        frames = sys._current_frames()  # again: frames called meanwhile got no call event
         for ident in targets:
             if ident in failed:
                 continue
@@ -217,6 +243,30 @@ class _SettraceHook(Hook):
             threading.settrace(None)  # type: ignore[arg-type,unused-ignore]
 
 
+#: Classes whose bound methods are prodbug's own trace functions (sessions adds its pdb).
+OWN_TRACERS: list[type] = [Hook]
+
+
+def _own_tracer(trace: object) -> bool:
+    if trace is foreign_trace._untrace:
+        return True
+    # Exact types and C members only: the trace function may be any host object.
+    return type(trace) is MethodType and any(
+        issubclass(type(trace.__self__), own) for own in OWN_TRACERS)
+
+
+def foreign_tracer(frame: FrameType | None) -> bool:
+    """Whether a frame on this stack has a local trace function that is not prodbug's: the
+    thread is traced by another tool (a debugger, coverage's tracer), which prodbug never
+    takes over. A tracer that asks for no line events leaves no such mark."""
+    while frame is not None:
+        trace = frame.f_trace
+        if trace is not None and not _own_tracer(trace):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _running_threads() -> list[int]:
     """Idents of the threads running Python now, prodbug's and the debugger's left out."""
     own = {t.ident for t in threading.enumerate() if is_own_thread(t)}
@@ -224,7 +274,13 @@ def _running_threads() -> list[int]:
 
 
 def arm_thread(frame: FrameType, thread: int, on_hit: OnHit) -> Hook:
-    """Stop thread ``thread`` (whose innermost frame is ``frame``) at its next line."""
+    """Stop thread ``thread`` (whose innermost frame is ``frame``) at its next line.
+
+    Raises NotImplementedError, saying why, where that cannot be done here."""
+    if foreign_tracer(frame):
+        raise NotImplementedError(
+            "that thread is traced by another tool (a debugger, a coverage tracer): "
+            "prodbug never takes it over; --inspect THREAD looks at it without stopping it")
     codes = []
     walk: FrameType | None = frame
     while walk is not None:
@@ -232,15 +288,17 @@ def arm_thread(frame: FrameType, thread: int, on_hit: OnHit) -> Hook:
             codes.append(walk.f_code)
         walk = walk.f_back
     if monitoring_available():
-        return _MonitoringHook(codes, None, thread, None, on_hit)
-    return _SettraceHook(codes, None, thread, None, on_hit)
+        return _MonitoringHook(codes, None, thread, None, on_hit, report=None)
+    return _SettraceHook(codes, None, thread, None, on_hit, report=None)
 
 
-def arm_break(codes: list[CodeType], line: int, condition: str | None, on_hit: OnHit) -> Hook:
-    """Stop the first thread to reach ``line`` of ``codes``."""
+def arm_break(codes: list[CodeType], line: int, condition: str | None, on_hit: OnHit,
+              report: Report | None = None) -> Hook:
+    """Stop the first thread to reach ``line`` of ``codes`` (for which ``condition``, if
+    given, is true); ``report`` is told when ``condition`` raises."""
     if monitoring_available():
-        return _MonitoringHook(codes, line, None, condition, on_hit)
-    return _SettraceHook(codes, line, None, condition, on_hit)
+        return _MonitoringHook(codes, line, None, condition, on_hit, report=report)
+    return _SettraceHook(codes, line, None, condition, on_hit, report=report)
 
 
 # -- finding the code for FILE:LINE ---------------------------------------------------------

@@ -128,6 +128,9 @@ def _pdb_type() -> Callable[..., pdb.Pdb]:
                     self.set_continue()  # no breakpoints: settrace(None), f_trace cleared
                 self.session.end("detached: the thread goes on")
 
+        from prodbug.agent import hooks
+
+        hooks.OWN_TRACERS.append(_AgentPdb)
         _pdb_class = _AgentPdb
     return _pdb_class
 
@@ -318,7 +321,7 @@ def _arm_break(session: PdbSession, args: dict[str, Any]) -> None:
     except LookupError as exc:
         raise SessionError(str(exc), "not_found") from None
     try:
-        session.hook = hooks.arm_break(codes, line, condition, session.on_hit)
+        session.hook = hooks.arm_break(codes, line, condition, session.on_hit, session.output)
     except RuntimeError as exc:
         raise SessionError(str(exc), "busy") from None
     reach = session.hook.reach if session.hook is not None else None
