@@ -194,7 +194,19 @@ _OWN_MODULE_COMMANDS = (
                                  "--accept NAME pins a changed agent key"),
     ("inject", "prodbug.inject", "load the agent into a running Python process that never "
                                  "imported it (gdb; ptrace rights needed)"),
+    ("snapshot", "prodbug.probecli", "capture the stack and locals the next time a line runs, "
+                                     "without stopping the thread (debugger role)"),
+    ("logpoint", "prodbug.probecli", "print a formatted line each time a line runs, rate-"
+                                     "limited, without stopping anything (debugger role)"),
+    ("profile", "prodbug.profilecli", "sample every thread's stack for N seconds: collapsed "
+                                      "stacks, speedscope JSON or an SVG flame graph"),
+    ("memory", "prodbug.memorycli", "RSS and its trend, gc counts, top object types; "
+                                    "--trace SECONDS for allocation sites (tracemalloc)"),
 )
+
+#: The connection arguments every command that reaches an agent takes (for the modules
+#: of _OWN_MODULE_COMMANDS).
+connection_args = _connection_args
 
 
 def _command_word(argv: Sequence[str]) -> str | None:
@@ -248,6 +260,10 @@ def _request(args: argparse.Namespace, cmd: str, req_args: dict[str, Any],
               f"showing a C-level dump made by faulthandler on signal "
               f"{result['dump_signal']} instead", file=sys.stderr)
         return result
+
+
+#: One request to the agent TARGET/--pid names (for the modules of _OWN_MODULE_COMMANDS).
+request = _request
 
 
 def _print_json(obj: Any) -> None:
@@ -499,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _build_parser(_command_word(argv))
     args = parser.parse_args(argv)
-    if args.command in ("pdb", "vscode"):
+    if args.command in ("pdb", "vscode", "snapshot", "logpoint", "profile", "memory"):
         # A terminated session CLI (kill, a closed terminal) ends its session as Ctrl-C does.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         with contextlib.suppress(AttributeError):
@@ -509,12 +525,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             # connect.DEFAULT_TIMEOUT (not imported for local requests); opening pdb or
             # VS Code may first load the debugger into a busy process: on 3.10/3.11 with a
             # spinning thread, pydevd's tracing helper alone takes ~4.5 s to import.
-            args.timeout = 15.0 if args.command in ("pdb", "vscode") else 5.0
+            args.timeout = 15.0 if args.command in ("pdb", "vscode", "snapshot", "logpoint",
+                                                    "profile", "memory") else 5.0
             if getattr(args, "target", None):
                 from prodbug.named import default_timeout
 
                 args.timeout = default_timeout(args.target, args.timeout)
-        return _COMMANDS[args.command](args)
+        command = _COMMANDS.get(args.command)
+        if command is None:  # a command of _OWN_MODULE_COMMANDS: its module's main()
+            import importlib
+
+            module = next(m for n, m, _ in _OWN_MODULE_COMMANDS if n == args.command)
+            return int(importlib.import_module(module).main(args))
+        return command(args)
     except ProdbugError as exc:
         if args.debug:
             raise

@@ -137,7 +137,8 @@ def test_audit_records_hold_their_documented_fields_and_nothing_more(
     sessions = [r for r in records if r["event"] == "session"]
     assert [(r["key"], r["key_id"], r["mode"], r["outcome"]) for r in sessions] == [
         ("bob", bob, "inspect", "closed by the operator: the thread goes on"),
-        ("bob", bob, "vscode", "closed by the operator: the thread goes on")], sessions
+        ("bob", bob, "vscode",
+         "closed by the operator: VS Code's connection closed, threads resume")], sessions
     assert all(set(r) == SESSION_FIELDS and r["pid"] == target.pid for r in sessions)
     (denied,) = [r for r in records if r["event"] == "denied"]
     assert set(denied) == DENIED_FIELDS, denied

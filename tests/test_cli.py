@@ -150,12 +150,11 @@ _DEBUGGER_ARGS: dict[str, dict[str, object]] = {
     "audit": {},
     "pdb.open": {"thread": "worker-0"},
     "session.input": {"session": "s1", "data": "p 1\n"},
-    "session.ping": {"session": "s1"},
-    "session.close": {"session": "s1"},
     "dap.open": {"confirm": True},
     "dap.connect": {"session": "s1"},
     "dap.send": {"session": "s1", "data": ""},
     "dap.disconnect": {"session": "s1"},
+    "probe.open": {"kind": "snapshot", "file": "threads.py", "line": 30},
 }
 
 

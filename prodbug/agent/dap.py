@@ -32,6 +32,7 @@ retry (a half set-up pydevd would trace every thread with nobody attached).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from types import FrameType
 from typing import Any
 
 from prodbug.agent.foreign_trace import pydevd_environment, remove_trace_in_threads
+from prodbug.agent.session import Session
 
 __all__ = ["DEBUGPY", "DapChannel", "DapSession", "Debugpy", "check_request",
            "forget_pydevd_after_fork", "frame", "is_own_thread", "slow_tracing",
@@ -611,7 +613,9 @@ def _pydevd_hook(hook: Any, py_db: Any) -> bool:
     ``functools.partial(trace_dispatch, py_db)`` it gives ``threading.settrace``)."""
     if hook is None or py_db is None:
         return False
-    return getattr(hook, "__self__", None) is py_db or py_db in getattr(hook, "args", ())
+    if type(hook) is functools.partial:  # exact type: a host's hook runs no code of its own
+        return any(arg is py_db for arg in hook.args)
+    return getattr(hook, "__self__", None) is py_db
 
 
 def _stop_monitoring() -> None:
@@ -671,36 +675,34 @@ class DapChannel:
         return list(split_messages(self.inbox))
 
 
-class DapSession:
+class DapSession(Session):
     """One operator's ``prodbug vscode``: any number of channels over time, one at a time."""
 
     mode = "vscode"
+    exclusive = True
+    after_gone = "VS Code's connection closed, threads resume"
 
     def __init__(self, key_id: str, key_name: str, heartbeat: float) -> None:
-        self.id = os.urandom(8).hex()
-        self.key_id = key_id
-        self.key_name = key_name
-        self.opened_at = time.time()
-        self.heartbeat = heartbeat
-        self.state = "open"
-        self.reason = ""
+        super().__init__(key_id, key_name, heartbeat=heartbeat)
         self.channels: dict[str, DapChannel] = {}
-        self.ended = threading.Event()
-        self.last_seen = time.monotonic()
         self.announced_ready = False
+        #: Told once, in the agent thread, when debugpy is up (or failed) for this session.
+        self.on_ready: Callable[[], None] = lambda: None
 
-    def check_timeouts(self, now: float) -> None:
-        if not self.ended.is_set() and now - self.last_seen > self.heartbeat:
-            self.end(f"the operator is gone (no heartbeat for {self.heartbeat:g}s): "
-                     f"VS Code's connection closed, threads resume")
+    def on_end(self) -> None:
+        """Stopped threads resume, whether the agent thread is free or stuck."""
+        DEBUGPY.release(owner=self.id)
 
-    def end(self, reason: str) -> None:
-        if self.ended.is_set():
-            return
-        self.reason = reason
-        self.state = "ended"
-        self.ended.set()
+    def take_events(self) -> list[tuple[str, dict[str, Any]]]:
+        if not self.announced_ready and DEBUGPY.state in ("ready", "failed"):
+            self.announced_ready = True
+            self.on_ready()
+            return [("dap_ready", DEBUGPY.facts())]
+        return []
 
-    def facts(self) -> dict[str, Any]:
-        return {"session": self.id, "mode": self.mode, "key": self.key_name,
-                "opened_at": self.opened_at, "state": self.state}
+    def finish(self) -> None:
+        for channel in list(self.channels.values()):
+            self.channels.pop(channel.id, None)
+            DEBUGPY.release()  # whatever VS Code managed to say: threads resume
+        if DEBUGPY.owner == self.id:
+            DEBUGPY.owner = None

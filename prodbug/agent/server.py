@@ -182,6 +182,8 @@ class Agent:
             "service": self.service,
             "role": self.role,
             "relayed_pending": self._relay.pending if self._relay is not None else 0,
+            # Every open session, and what each has armed in the host.
+            "sessions": self._desk.listed() if self._desk is not None else [],
             **faults,
         }
 
@@ -240,7 +242,11 @@ class Agent:
             desk.close_fds()
         if DEBUGPY.state in ("ready", "starting"):  # the adapter belongs to the parent
             DEBUGPY.state, DEBUGPY.error = "failed", "inherited through fork from the parent"
-            forget_pydevd_after_fork()  # its tracing and breakpoints too
+            try:  # its tracing and breakpoints too; the rest below must happen regardless
+                forget_pydevd_after_fork()
+            except Exception:
+                _log.warning("could not take pydevd down in forked child %d", os.getpid(),
+                             exc_info=True)
         if self._faults is not None:  # the parent's signal handlers write the parent's files
             self._faults.stop(after_fork=True)
             self._faults = None
@@ -446,7 +452,7 @@ class Agent:
         self._write_registry()
 
     def _entry(self) -> dict[str, Any]:
-        sessions = 1 if self._desk is not None and self._desk.session is not None else 0
+        sessions = len(self._desk.sessions) if self._desk is not None else 0
         return {**self._registry_entry, **DEBUGPY.facts(), "role": self.role,
                 "tcp_endpoint": self.tcp_endpoint, "sessions": sessions}
 
@@ -556,7 +562,7 @@ class Agent:
     def _poll_timeout(self, desk: SessionDesk) -> int | None:
         """No timeout unless something needs a later look: idle means asleep."""
         timeout = self._faults.poll_timeout_ms if self._faults is not None else None
-        if desk.session is not None:  # heartbeats are checked every second
+        if desk.sessions:  # heartbeats are checked every second
             timeout = min(timeout or 1000, 1000)
         if desk.outbox.pending:  # a slow operator's queue: retry soon
             retry = desk.outbox.retry_ms()

@@ -16,7 +16,6 @@ host's thread.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import sys
 import threading
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from prodbug.agent import introspect, postmortem
 from prodbug.agent.dap import is_own_thread, untraced
+from prodbug.agent.session import Event, Session
 from prodbug.errors import BadRequest, RequestError
 
 if TYPE_CHECKING:  # pdb (bdb, cmd, code ...) and hooks load with the first session
@@ -135,33 +135,27 @@ def _pdb_type() -> Callable[..., pdb.Pdb]:
     return _pdb_class
 
 
-class PdbSession:
+class PdbSession(Session):
     """One operator's pdb session in this process."""
+
+    exclusive = True
+    after_gone = "the thread goes on"
 
     def __init__(self, key_id: str, key_name: str, mode: str, *,
                  notify: Callable[[], None], heartbeat: float, idle: float) -> None:
-        # secrets.token_hex's own source, without importing secrets: it brings hmac and
-        # OpenSSL (~4 MB of the host's memory) for nothing the agent uses.
-        self.id = os.urandom(8).hex()
-        self.key_id = key_id
-        self.key_name = key_name
+        super().__init__(key_id, key_name, heartbeat=heartbeat, notify=notify)
         self.mode = mode
-        self.opened_at = time.time()
-        self.heartbeat = heartbeat
         self.idle = idle
         self.state = "waiting"
-        self.reason = ""
         self.prompt = "(Pdb) "
         self.hook: Hook | None = None
         self.stopped_thread: str | None = None
-        self._notify = notify
         self._inbox: queue.Queue[str] = queue.Queue()
         self._out: list[str] = []
         self._out_size = 0
         self._prompt_pending = False
         self._lock = threading.Lock()
-        self.ended = threading.Event()
-        self.last_seen = self.last_input = time.monotonic()
+        self.last_input = self.last_seen
 
     # -- the debugged (or session) thread's side ----------------------------------------------
 
@@ -215,30 +209,25 @@ class PdbSession:
         self._inbox.put(line)
 
     def check_timeouts(self, now: float) -> None:
-        if self.ended.is_set():
-            return
-        if now - self.last_seen > self.heartbeat:
-            self.end(f"the operator is gone (no heartbeat for {self.heartbeat:g}s): "
-                     f"the thread goes on")
-        elif self.state == "stopped" and now - self.last_input > self.idle:
+        super().check_timeouts(now)
+        if not self.ended.is_set() and self.state == "stopped" \
+                and now - self.last_input > self.idle:
             self.end(f"idle for {self.idle:g}s: the thread goes on")
 
-    def end(self, reason: str) -> None:
-        """End the session from any thread; a stopped thread continues on its own."""
-        if self.ended.is_set():
-            return
-        self.reason = reason
-        self.state = "ended"
-        self.ended.set()
+    def on_end(self) -> None:
+        """A stopped thread continues on its own; the hook is removed."""
         hook = self.hook
         if hook is not None:
             hook.remove()
-        self._notify()
+
+    def take_events(self) -> list[Event]:
+        text, prompt = self.take_output()
+        if text or prompt is not None:
+            return [("output", {"text": text, "prompt": prompt})]
+        return []
 
     def facts(self) -> dict[str, Any]:
-        return {"session": self.id, "mode": self.mode, "key": self.key_name,
-                "opened_at": self.opened_at, "state": self.state,
-                "thread": self.stopped_thread}
+        return {**super().facts(), "thread": self.stopped_thread}
 
     # -- stopping ------------------------------------------------------------------------------
 
