@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _tracemalloc
 import faulthandler
 import os
 import sys
@@ -32,6 +33,10 @@ def debug_machinery() -> dict[str, Any]:
         "pdb_loaded": "pdb" in sys.modules,
         "trace_function": sys.gettrace() is not None,
         "profile_function": sys.getprofile() is not None,
+        # What new threads get (threading.settrace), and whether allocations are traced:
+        # what a session left behind would show here.
+        "threading_trace": threading.gettrace() is not None,
+        "tracemalloc_tracing": bool(_tracemalloc.is_tracing()),
         "faulthandler_enabled": faulthandler.is_enabled(),
         "monitoring_tools": tools,
     }
