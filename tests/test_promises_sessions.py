@@ -48,8 +48,9 @@ def debugger_env(base_env: dict[str, str], keys: Keys) -> dict[str, str]:
 
 def test_pdb_over_tcp_with_a_debugger_key_and_its_reconnects(spawn, agent_env, debugger_env,
                                                              cli, tmp_path: Path) -> None:
-    # A short heartbeat: the session of the killed CLI must end within the test.
-    target = _tcp_service(spawn, agent_env, tmp_path, heartbeat="3")
+    # A short heartbeat (5 s, not 2: pings on a loaded machine come late): the session of
+    # the killed CLI must end within the test.
+    target = _tcp_service(spawn, agent_env, tmp_path, heartbeat="5")
     env = debugger_env
 
     child = cli("pdb", target.host_port, "--thread", "worker", env=env)

@@ -488,7 +488,9 @@ def _plant_config(as_other: Callable[..., subprocess.Popen[str]], other_user: Ot
 
 # -- (4) a tunnel that dies under a pdb session ---------------------------------------------
 
-@pytest.mark.heartbeat(2)  # the operator vanishes: the heartbeat ends it
+# The operator vanishes and the heartbeat ends it: 5 s, as every ping crosses ssh
+# (a loaded machine delays them by seconds), and 2 s once lapsed mid-test.
+@pytest.mark.heartbeat(5)
 def test_ssh_killed_under_pdb_ends_the_cli_and_the_thread_resumes(sshd: Sshd, service: Target,
                                                                   ssh_env, cli) -> None:
     child = cli("pdb", sshd.url, "--pid", str(service.pid), "--thread", "worker",
