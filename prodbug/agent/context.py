@@ -8,9 +8,10 @@ from typing import Any
 
 import zmq
 
+from prodbug.errors import BadRequest
 from prodbug.keys import AuthorizedKey
 
-__all__ = ["Handler", "RequestContext", "Route"]
+__all__ = ["Handler", "RequestContext", "Route", "number_arg"]
 
 #: Where replies and session events for one operator go: the socket and its routing id.
 Route = tuple[zmq.Socket[bytes], bytes]
@@ -35,3 +36,14 @@ class RequestContext:
 
 
 Handler = Callable[[RequestContext], dict[str, Any]]
+
+
+def number_arg(args: dict[str, Any], name: str, default: float | None, low: float,
+               high: float) -> float:
+    """``args[name]`` (else ``default``; None: required) as a number from ``low`` to
+    ``high``, or BadRequest saying so. bool is not a number here; NaN, infinities and
+    integers too large for a float fail the range check without overflowing."""
+    value: Any = args.get(name, default)
+    if type(value) not in (int, float) or not low <= value <= high:
+        raise BadRequest(f"{name} must be a number from {low:g} to {high:g}")
+    return float(value)

@@ -34,6 +34,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from prodbug.agent.context import number_arg
 from prodbug.agent.introspect import (
     MISSING,
     mro,
@@ -394,9 +395,7 @@ class MemorySession(Session):
 
 def memory_open(desk: Any, ctx: Any) -> dict[str, Any]:
     """Open a tracing session: ``trace`` seconds (0.1-120), ``top`` sites, ``frames``."""
-    seconds = ctx.args.get("trace")
-    if type(seconds) not in (int, float) or not 0.1 <= seconds <= 120:
-        raise BadRequest("trace must be a number of seconds from 0.1 to 120")
+    seconds = number_arg(ctx.args, "trace", None, 0.1, 120)
     top = _int_arg(ctx.args, "top", 20, 1, 200)
     frames = _int_arg(ctx.args, "frames", 1, 1, 10)
     desk.check_free(exclusive=False)

@@ -45,6 +45,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 from prodbug.agent import foreign_trace, introspect
+from prodbug.agent.context import number_arg
 from prodbug.agent.hooks import find_code
 from prodbug.agent.probe_expr import (
     MAX_TEXT,
@@ -626,15 +627,6 @@ def _thread_facts(ident: int) -> dict[str, Any]:
 
 # -- the handler ------------------------------------------------------------------------------
 
-def _number(args: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
-    value = args.get(name, default)
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise BadRequest(f"{name} must be a number")
-    if not low <= value <= high:
-        raise BadRequest(f"{name} must be from {low:g} to {high:g}")
-    return float(value)
-
-
 def _text(args: dict[str, Any], name: str, required: bool = True) -> str | None:
     value = args.get(name)
     if value is None and not required:
@@ -654,8 +646,8 @@ def probe_open(desk: Any, ctx: Any) -> dict[str, Any]:
     line = args.get("line")
     if type(line) is not int or line < 1:
         raise BadRequest("line must be a positive integer")
-    expire = _number(args, "expire", DEFAULT_EXPIRE, 0.1, MAX_EXPIRE)
-    rate = _number(args, "rate", DEFAULT_RATE, 0.1, MAX_RATE)
+    expire = number_arg(args, "expire", DEFAULT_EXPIRE, 0.1, MAX_EXPIRE)
+    rate = number_arg(args, "rate", DEFAULT_RATE, 0.1, MAX_RATE)
     count = args.get("count", 1)
     if type(count) is not int or not 1 <= count <= MAX_COUNT:
         raise BadRequest(f"count must be an integer from 1 to {MAX_COUNT}")

@@ -25,6 +25,7 @@ import time
 from types import FrameType
 from typing import Any
 
+from prodbug.agent.context import number_arg
 from prodbug.agent.dap import is_own_thread, untraced
 from prodbug.agent.session import Event, Session
 from prodbug.errors import BadRequest, RequestError
@@ -348,21 +349,12 @@ def _threads_arg(value: Any) -> list[str] | None:
     return [str(v) for v in value]
 
 
-def _number(args: dict[str, Any], name: str, default: float | None, low: float,
-            high: float) -> float:
-    value = args.get(name, default)
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not low <= value <= high):
-        raise BadRequest(f"{name} must be a number from {low:g} to {high:g}")
-    return float(value)
-
-
 def profile_open(desk: Any, ctx: Any) -> dict[str, Any]:
     """Start sampling: ``seconds`` (0.1-300), ``rate`` (1-1000 Hz, default 100),
     ``threads`` ("all", or names/ids; default every thread but prodbug's own)."""
     args = ctx.args
-    seconds = _number(args, "seconds", None, 0.1, 300)
-    rate = _number(args, "rate", 100, 1, 1000)
+    seconds = number_arg(args, "seconds", None, 0.1, 300)
+    rate = number_arg(args, "rate", 100, 1, 1000)
     threads = _threads_arg(args.get("threads"))
     idle = args.get("idle", False)
     if not isinstance(idle, bool):
