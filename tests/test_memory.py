@@ -87,7 +87,7 @@ def test_memory_finds_the_leak_and_runs_no_host_code(spawn: Any, agent_env: dict
 @pytest.mark.timeout(120)
 def test_memory_trace_stops_tracemalloc_when_the_operator_goes(
         spawn: Any, agent_env: dict[str, str], observer_env: dict[str, str]) -> None:
-    target = spawn("memory_leak", env={**agent_env, "PRODBUG_SESSION_HEARTBEAT": "2"})
+    target = spawn("memory_leak", env={**agent_env, "PRODBUG_SESSION_HEARTBEAT": "5"})
 
     def trace() -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-m", "prodbug", "memory", target.host_port,

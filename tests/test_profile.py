@@ -152,7 +152,7 @@ def _sessions(info: dict[str, Any]) -> list[Any]:
 
 def test_an_operator_killed_mid_profile_leaves_no_sampler(spawn: Callable[..., Target],
                                                           base_env: dict[str, str]) -> None:
-    target = spawn("profile_hot", env={**base_env, "PRODBUG_SESSION_HEARTBEAT": "2"})
+    target = spawn("profile_hot", env={**base_env, "PRODBUG_SESSION_HEARTBEAT": "4"})
     pid = str(target.pid)
     assert target.proc.stdin is not None
 
